@@ -1,0 +1,134 @@
+"""`RobustDPOConfig`: TRL's `DPOConfig` plus the robust losses' hyperparameters, validated at construction."""
+
+import difflib
+import math
+import warnings
+from dataclasses import dataclass, field, fields
+
+from packaging.version import Version
+import trl
+from trl import DPOConfig
+
+from .registry import available_loss_types, get_loss_spec
+
+
+@dataclass
+class RobustDPOConfig(DPOConfig):
+    r"""
+    Configuration for [`RobustDPOTrainer`]: every field of TRL's `DPOConfig`, plus the following.
+
+    `loss_type` additionally accepts the registered robust loss types (`"ropo"`, `"sympo_sigmoid"`,
+    `"sympo_ramp"`, and any added with `trl_robust.register_loss`), alone or in a multi-loss list.
+
+    > Parameters that control the robust losses
+
+    ropo_alpha (`float`, *optional*, defaults to `14.0`):
+        α of the ROPO loss (Liang et al., ICML 2025, arXiv 2404.04102): weight of the symmetric σ(−z) term
+        against the DPO term. Must be > 0. The paper uses 14 (ablation {6, 14, 30}); larger is more robust
+        to noise and less like DPO.
+    sympo_reward_clip (`float` or `None`, *optional*, defaults to `10.0`):
+        Used by the `sympo_*` losses (Nishimori et al., 2025, arXiv 2505.24709): each side's reward β·score is
+        clamped to [−c, c] before the chosen-minus-rejected difference, as in the SymPO authors' code. Must be
+        > 0; `None` disables clipping.
+    """
+
+    ropo_alpha: float = field(
+        default=14.0,
+        metadata={
+            "help": "α of the ROPO loss (Liang et al., ICML 2025, arXiv 2404.04102), used with `loss_type='ropo'`: "
+            "weight of the symmetric σ(−z) term against the DPO term. Must be > 0. The paper recommends 14 "
+            "(ablation {6, 14, 30}); larger is more robust to noise and less like DPO."
+        },
+    )
+    sympo_reward_clip: float | None = field(
+        default=10.0,
+        metadata={
+            "help": "Reward clip c for the `sympo_*` losses (SymPO, Nishimori et al. 2025, arXiv 2505.24709): each "
+            "side's reward β·score is clamped to [−c, c] before the chosen-minus-rejected difference, as the SymPO "
+            "authors do (their default 10). Must be > 0; `None` disables clipping."
+        },
+    )
+
+    def __post_init__(self):
+        validate_robust_args(self)
+        super().__post_init__()
+
+
+# Defaults of the added fields, for trainers given a plain `trl.DPOConfig`.
+ROBUST_DEFAULTS = {f.name: f.default for f in fields(RobustDPOConfig) if f.name in ("ropo_alpha", "sympo_reward_clip")}
+
+
+def robust_hyperparameter(args, name: str):
+    """`args.<name>`, or its `RobustDPOConfig` default when `args` is a plain `trl.DPOConfig`."""
+    if hasattr(args, name):
+        return getattr(args, name)
+    if name in ROBUST_DEFAULTS:
+        return ROBUST_DEFAULTS[name]
+    raise AttributeError(name)
+
+
+def _loss_types(args) -> list[str]:
+    loss_type = args.loss_type
+    return [loss_type] if isinstance(loss_type, str) else list(loss_type)
+
+
+def _require_finite(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+
+
+def validate_robust_args(args) -> None:
+    """Check loss names and hyperparameters of a `DPOConfig`/`RobustDPOConfig`; raise or warn early.
+
+    Called by `RobustDPOConfig.__post_init__` and again by `RobustDPOTrainer` before any model is loaded
+    (so a plain `trl.DPOConfig` gets the same checks).
+    """
+    loss_types = _loss_types(args)
+    valid = available_loss_types()
+    for loss_type in loss_types:
+        if loss_type not in valid:
+            close = difflib.get_close_matches(str(loss_type), valid, n=1, cutoff=0.5)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"Unknown loss_type {loss_type!r}.{hint} Valid loss types: {', '.join(valid)}.")
+
+    _require_finite("beta", args.beta)
+    _require_finite("label_smoothing", args.label_smoothing)
+    for weight in args.loss_weights or []:
+        _require_finite("loss_weights", weight)
+
+    alpha = robust_hyperparameter(args, "ropo_alpha")
+    _require_finite("ropo_alpha", alpha)
+    if alpha <= 0:
+        raise ValueError(f"`ropo_alpha` must be > 0 (the ROPO paper uses 14), got {alpha}.")
+    clip = robust_hyperparameter(args, "sympo_reward_clip")
+    if clip is not None:
+        _require_finite("sympo_reward_clip", clip)
+        if clip <= 0:
+            raise ValueError(
+                f"`sympo_reward_clip` must be > 0 (the SymPO authors use 10), got {clip}; set it to None to disable "
+                "reward clipping."
+            )
+
+    registered = [get_loss_spec(t) for t in loss_types if get_loss_spec(t) is not None]
+    for spec in registered:
+        for kwarg, attr in spec.hyperparameters.items():
+            if not hasattr(args, attr) and attr not in ROBUST_DEFAULTS:
+                raise ValueError(
+                    f"Loss type {spec.name!r} takes `{kwarg}` from the config attribute `{attr}`, which "
+                    f"{type(args).__name__} does not have. Add it by subclassing `trl_robust.RobustDPOConfig`."
+                )
+    if registered and getattr(args, "use_liger_kernel", False) and Version(trl.__version__) < Version("1.14"):
+        raise ValueError(
+            f"`use_liger_kernel=True` makes TRL {trl.__version__} compute the DPO loss in Liger's fused kernel, which "
+            f"bypasses the loss types {[s.name for s in registered]}. Set `use_liger_kernel=False` or upgrade to "
+            "trl>=1.14."
+        )
+
+    if "sigmoid" in loss_types and args.label_smoothing > 0:
+        warnings.warn(
+            f"`label_smoothing={args.label_smoothing}` has no effect with loss_type 'sigmoid': TRL ignores it since "
+            "v0.29 (conservative DPO was removed). For noisy labels use loss_type 'robust' (rDPO, with "
+            "label_smoothing = the flip rate) or a noise-robust loss such as 'ropo' or 'sympo_sigmoid'.",
+            UserWarning,
+            stacklevel=3,
+        )

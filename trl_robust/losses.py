@@ -1,0 +1,80 @@
+"""Noise-robust preference losses as pure per-pair functions of the scaled margin.
+
+Every function here takes the DPO margin
+
+    z = β · [(log πθ(y_w|x) − log πref(y_w|x)) − (log πθ(y_l|x) − log πref(y_l|x))]
+
+as a tensor of any shape and returns the per-pair loss with the same shape. Nothing else: no reduction,
+no trainer state. The trainer glue (`trl_robust.trainer`) builds z from TRL's `delta_score` and averages.
+
+The *gradient weight* of a loss is w(z) = −∂ℓ/∂z: how hard one pair pulls the policy. DPO's weight is
+σ(−z), which tends to 1 on the pairs the model confidently contradicts — exactly the pairs whose label is
+most likely wrong — so DPO memorises flipped labels. The losses below bound or vanish that weight.
+
+All functions are written so that values and gradients stay finite for |z| up to 1e4 in float32, bfloat16
+and float16: −log σ(z) is `softplus(−z)`, σ(−z) is `torch.sigmoid(−z)`, and nothing is exponentiated.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def ropo_loss(z: torch.Tensor, alpha: float = 14.0) -> torch.Tensor:
+    r"""ROPO loss: a DPO term plus a symmetric regulariser, scaled so the largest gradient weight is 1.
+
+    Paper: Liang et al., "ROPO: Robust Preference Optimization for Large Language Models", ICML 2025,
+    arXiv 2404.04102 — the paper's noise-tolerant loss: the DPO loss plus α · σ(−z), normalised by
+    4α/(1+α)² (equation numbers differ between the arXiv versions, so the formula is given in full).
+
+    Formula:
+        ℓ(z) = 4α/(1+α)² · (−log σ(z)) + 4α²/(1+α)² · σ(−z)
+
+    Gradient weight:
+        w(z) = −ℓ'(z) = 4α/(1+α)² · σ(−z) · (1 + α · σ(z))
+
+    For α > 1 its maximum over z is exactly 1 (at σ(−z) = (1+α)/(2α)), as for DPO; but unlike DPO's σ(−z),
+    it falls back to 4α/(1+α)² (≈ 0.25 at α = 14) for z → −∞, so confidently contradicted pairs — likely
+    mislabeled — pull far less. As α → ∞, ℓ approaches 4 · σ(−z) (four times the SymPO sigmoid loss).
+
+    Args:
+        z: scaled margin β·Δ, any shape.
+        alpha: trade-off α > 0. The paper's default is 14; its ablation uses {6, 14, 30}. Larger α is
+            more robust to noise and less like DPO.
+    """
+    scale = 4.0 * alpha / (1.0 + alpha) ** 2
+    return scale * F.softplus(-z) + scale * alpha * torch.sigmoid(-z)
+
+
+def sympo_sigmoid_loss(z: torch.Tensor) -> torch.Tensor:
+    r"""SymPO with the sigmoid loss: a symmetric loss, so symmetric label noise does not move its minimiser.
+
+    Paper: Nishimori et al., "On Symmetric Losses for Robust Policy Optimization with Noisy Preferences",
+    2025, arXiv 2505.24709 — the SymPO objective, E[ℓ(z)] over the preference pairs, with the symmetric
+    sigmoid loss.
+
+    Formula:
+        ℓ(z) = σ(−z)            symmetric: ℓ(z) + ℓ(−z) = 1
+
+    Gradient weight:
+        w(z) = σ(z) · σ(−z)      at most 1/4 (at z = 0), → 0 for |z| → ∞
+
+    Under symmetric flips at rate ε < 1/2 the noisy risk equals (1 − 2ε) · clean risk + constant, so the
+    minimiser is unchanged. The price is smaller steps: near z = 0 the gradient is half of DPO's.
+    """
+    return torch.sigmoid(-z)
+
+
+def sympo_ramp_loss(z: torch.Tensor) -> torch.Tensor:
+    r"""SymPO with the (symmetric) ramp loss.
+
+    Paper: Nishimori et al., 2025, arXiv 2505.24709 — the SymPO objective with the paper's ramp loss,
+    which is the symmetric ramp. (The authors' code also has a non-symmetric ``clip(1 − z, 0, 1)``;
+    that one is not the paper's loss and is not what this function computes.)
+
+    Formula:
+        ℓ(z) = clip((1 − z) / 2, 0, 1)     symmetric: ℓ(z) + ℓ(−z) = 1
+
+    Gradient weight:
+        w(z) = 1/2 for |z| < 1, and 0 for |z| > 1 (the pair is "saturated" and contributes nothing)
+    """
+    return torch.clamp((1.0 - z) / 2.0, min=0.0, max=1.0)

@@ -1,0 +1,48 @@
+"""`patch_trl` / `unpatch_trl`: make unmodified TRL code (`from trl import DPOConfig, DPOTrainer`) robust.
+
+Explicit, idempotent and reversible. `import trl_robust` alone changes nothing in TRL; only `patch_trl()`
+rebinds the names below, and `unpatch_trl()` puts TRL's own classes back.
+"""
+
+import importlib
+
+from .config import RobustDPOConfig
+from .trainer import RobustDPOTrainer
+
+# (module, attribute) pairs through which TRL code reaches the DPO classes.
+_TARGETS = {
+    "DPOConfig": ("trl", "trl.trainer", "trl.trainer.dpo_config"),
+    "DPOTrainer": ("trl", "trl.trainer", "trl.trainer.dpo_trainer"),
+}
+_REPLACEMENTS = {"DPOConfig": RobustDPOConfig, "DPOTrainer": RobustDPOTrainer}
+_originals: dict[tuple[str, str], object] = {}
+
+
+def patch_trl() -> None:
+    """Rebind `trl.DPOConfig`/`trl.DPOTrainer` (and their `trl.trainer...` homes) to the robust classes.
+
+    Code that imports them after this call — e.g. TRL's own `trl/scripts/dpo.py` — then accepts the robust
+    loss types. Calling it twice is harmless. Names already imported elsewhere (`from trl import DPOTrainer`
+    before the patch) keep pointing at TRL's classes: patch first.
+    """
+    for name, modules in _TARGETS.items():
+        for module_name in modules:
+            module = importlib.import_module(module_name)
+            key = (module_name, name)
+            if key not in _originals:
+                _originals[key] = getattr(module, name)  # resolves TRL's lazy import before we override it
+            setattr(module, name, _REPLACEMENTS[name])
+
+
+def unpatch_trl() -> None:
+    """Restore TRL's own classes. Harmless if `patch_trl` was never called."""
+    for (module_name, name), original in _originals.items():
+        setattr(importlib.import_module(module_name), name, original)
+    _originals.clear()
+
+
+def is_trl_patched() -> bool:
+    """Whether `patch_trl()` is in effect."""
+    import trl
+
+    return trl.DPOTrainer is RobustDPOTrainer

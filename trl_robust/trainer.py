@@ -1,0 +1,104 @@
+"""`RobustDPOTrainer`: TRL's `DPOTrainer` that also accepts the registered robust loss types."""
+
+import difflib
+
+import torch
+from trl import DPOTrainer
+
+from . import dispatch
+from .config import RobustDPOConfig, robust_hyperparameter, validate_robust_args
+from .registry import LossSpec, available_loss_types, get_loss_spec
+
+dispatch.check_trl_version()
+
+
+class RobustDPOTrainer(DPOTrainer):
+    """TRL's `DPOTrainer`, plus the loss types registered in `trl_robust` (`ropo`, `sympo_sigmoid`, `sympo_ramp`, ...).
+
+    Drop-in: same arguments as `trl.DPOTrainer`. `args` may be a `RobustDPOConfig` or a plain `trl.DPOConfig`
+    (the robust hyperparameters then take their defaults). Loss names and hyperparameters are validated before
+    any model is loaded. Built-in loss types run TRL's own code unchanged; a registered loss type is computed
+    from TRL's chosen/rejected scores (so `f_divergence_type`, `ld_alpha`, precomputed or PEFT reference,
+    `use_weighting` and `loss_weights` all apply to it as to `sigmoid`).
+
+    Extra metrics, per registered loss type `<name>` (gathered over all processes, like TRL's `rewards/*`):
+    `<name>/grad_weight`, `<name>/grad_weight_vs_dpo`, `<name>/negative_margin_frac`, `<name>/saturated_frac`
+    and, for losses that clip rewards, `<name>/clipped_frac`. See the README's metrics glossary.
+    """
+
+    _tag_names = [*DPOTrainer._tag_names, "trl-robust"]
+
+    def __init__(self, model, ref_model=None, args=None, *pargs, **kwargs):
+        if args is None:
+            name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
+            args = RobustDPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-DPO")
+        validate_robust_args(args)  # before TRL loads any model
+        loss_types = [args.loss_type] if isinstance(args.loss_type, str) else list(args.loss_type)
+        self._robust_specs = {t: get_loss_spec(t) for t in loss_types if get_loss_spec(t) is not None}
+        self._set_model_card_data(loss_types)
+
+        # TRL's __init__ refuses a non-default `f_divergence_type` for loss types outside a fixed set of
+        # difference-based losses. Ours are functions of the chosen-minus-rejected difference too, so they are
+        # admissible: show TRL 'sigmoid' in their place while it checks, then restore the user's list.
+        original_loss_type = args.loss_type
+        if self._robust_specs and args.f_divergence_type != "reverse_kl":
+            args.loss_type = ["sigmoid" if t in self._robust_specs else t for t in loss_types]
+        try:
+            super().__init__(model, ref_model, args, *pargs, **kwargs)
+        finally:
+            args.loss_type = original_loss_type
+        self.loss_types = loss_types
+
+    def _set_model_card_data(self, loss_types: list[str]) -> None:
+        self._tag_names = [*type(self)._tag_names, *loss_types]
+        papers = list({s.paper.arxiv_id: s.paper for s in self._robust_specs.values() if s.paper}.values())
+        if not self._robust_specs:
+            return
+        self._name = f"DPO with the {' + '.join(self._robust_specs)} loss (trl-robust)"
+        citations = [DPOTrainer._paper["citation"], *(p.citation for p in papers)]
+        self._paper = {
+            "title": papers[0].title if papers else DPOTrainer._paper["title"],
+            "id": papers[0].arxiv_id if papers else DPOTrainer._paper["id"],
+            "citation": "\n\n".join(citations),
+        }
+
+    # `_compute_loss` is TRL's own method, derived from the installed TRL with one extra branch that calls this.
+    _compute_loss = dispatch.derived_compute_loss()
+
+    def _registered_per_sequence_loss(self, loss_type, chosen_scores, rejected_scores, mode):
+        """Per-pair loss of a registered loss type; called from the branch `dispatch` adds to TRL's loss chain."""
+        spec = get_loss_spec(loss_type)
+        if spec is None:
+            valid = available_loss_types()
+            close = difflib.get_close_matches(str(loss_type), valid, n=1, cutoff=0.5)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"Unknown loss_type {loss_type!r}.{hint} Valid loss types: {', '.join(valid)}.")
+        hyperparameters = {kw: robust_hyperparameter(self.args, attr) for kw, attr in spec.hyperparameters.items()}
+        clip = robust_hyperparameter(self.args, "sympo_reward_clip") if spec.uses_reward_clip else None
+        if clip is None:
+            z = self.beta * (chosen_scores - rejected_scores)  # the same expression as TRL's `sigmoid` margin
+            clipped = None
+        else:
+            # SymPO's reward clipping: bound each side's reward before the difference.
+            chosen_rewards, rejected_rewards = self.beta * chosen_scores, self.beta * rejected_scores
+            clipped = (chosen_rewards.abs() > clip) | (rejected_rewards.abs() > clip)
+            z = chosen_rewards.clamp(-clip, clip) - rejected_rewards.clamp(-clip, clip)
+        self._log_margin_metrics(spec, z, clipped, hyperparameters, mode)
+        return spec.fn(z, **hyperparameters)
+
+    def _log_margin_metrics(self, spec: LossSpec, z, clipped, hyperparameters, mode) -> None:
+        """Gather the margins of the global batch and log how the loss weighs them (see README glossary)."""
+        z_all = self.accelerator.gather(z.detach()).float()
+        # Gradient weight w(z) = −∂ℓ/∂z, by autograd so it holds for any registered loss; also under eval's no_grad.
+        with torch.enable_grad():
+            z_leaf = z_all.clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(spec.fn(z_leaf, **hyperparameters).sum(), z_leaf)
+        weight = -grad
+        dpo_weight = torch.sigmoid(-z_all)
+        metrics = self._metrics[mode]
+        metrics[f"{spec.name}/grad_weight"].append(weight.mean().item())
+        metrics[f"{spec.name}/grad_weight_vs_dpo"].append((weight.sum() / dpo_weight.sum().clamp_min(1e-30)).item())
+        metrics[f"{spec.name}/negative_margin_frac"].append((z_all < 0).float().mean().item())
+        metrics[f"{spec.name}/saturated_frac"].append((weight == 0).float().mean().item())
+        if clipped is not None:
+            metrics[f"{spec.name}/clipped_frac"].append(self.accelerator.gather(clipped).float().mean().item())
