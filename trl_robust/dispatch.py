@@ -139,13 +139,14 @@ def _check_names(func: ast.FunctionDef, loop: ast.For) -> None:
         raise _incompatible("`_compute_loss` uses `super()` or decorators, which a derived copy cannot keep")
 
 
-@functools.cache
-def _analyse():
-    """Parse the installed `DPOTrainer._compute_loss`; return (source lines, first line, names, raise node)."""
-    original = trl.DPOTrainer.__dict__.get("_compute_loss")
-    if original is None:
+def analyse(method):
+    """Parse a `_compute_loss` method; return (source lines, first line, built-in names, final raise node).
+
+    Raises `IncompatibleTRLError` if it lacks the structure the inserted branch relies on.
+    """
+    if method is None:
         raise _incompatible("`DPOTrainer` has no `_compute_loss` method")
-    lines, first_line = inspect.getsourcelines(original)
+    lines, first_line = inspect.getsourcelines(method)
     tree = ast.parse(textwrap.dedent("".join(lines)))
     func = tree.body[0]
     if not isinstance(func, ast.FunctionDef) or func.name != "_compute_loss":
@@ -156,15 +157,24 @@ def _analyse():
     return lines, first_line, tuple(names), final_raise
 
 
+@functools.cache
+def _analyse_installed_trl():
+    return analyse(trl.DPOTrainer.__dict__.get("_compute_loss"))
+
+
 def trl_builtin_loss_types() -> tuple[str, ...]:
     """The loss types the installed TRL's `DPOTrainer` implements, read from its source (in TRL's order)."""
-    return _analyse()[2]
+    return _analyse_installed_trl()[2]
 
 
-@functools.cache
-def derived_compute_loss():
-    """Build `_compute_loss` = the installed TRL's method with the final ``raise`` replaced by our hook call."""
-    lines, first_line, _, final_raise = _analyse()
+def derive_compute_loss(method=None):
+    """`method` (default: the installed TRL's `DPOTrainer._compute_loss`) with its final ``raise`` replaced by
+    a call to `self._registered_per_sequence_loss`."""
+    if method is None:
+        method = trl.DPOTrainer.__dict__.get("_compute_loss")
+        lines, first_line, _, final_raise = _analyse_installed_trl()
+    else:
+        lines, first_line, _, final_raise = analyse(method)
     source = textwrap.dedent("".join(lines)).splitlines(keepends=True)
     start, end = final_raise.lineno - 1, final_raise.end_lineno  # 0-based slice of the raise statement
     indent = source[start][: len(source[start]) - len(source[start].lstrip())]
@@ -173,7 +183,7 @@ def derived_compute_loss():
     source[start:end] = [call] + ["\n"] * (end - start - 1)
     text = "\n" * (first_line - 1) + "".join(source)
 
-    module = sys.modules[trl.DPOTrainer.__module__]
+    module = sys.modules[method.__module__]
     filename = f"<trl_robust.dispatch: {module.__file__} (trl {trl.__version__}) with registered losses>"
     linecache.cache[filename] = (len(text), None, text.splitlines(keepends=True), filename)
     namespace: dict = {}

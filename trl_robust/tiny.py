@@ -1,7 +1,7 @@
 """A tiny causal LM, tokenizer and preference dataset built locally: no download, seconds on a CPU.
 
 Used by the tests, the offline recipe and the demo, so everything can run with `HF_HUB_OFFLINE=1`.
-The model is a 2-layer Qwen2 with hidden size 32 over a small word-level vocabulary; it is saved to a
+The model is a 2-layer Llama with hidden size 32 over a small word-level vocabulary; it is saved to a
 directory because TRL reloads the reference model from `config._name_or_path`.
 """
 
@@ -37,12 +37,14 @@ def make_tokenizer():
 
 
 def make_tiny_model(path, seed: int = 0, hidden_size: int = 32, num_layers: int = 2):
-    """Build a randomly initialised tiny Qwen2 causal LM and its tokenizer, save both to `path`, return the path."""
+    """Build a randomly initialised tiny Llama causal LM and its tokenizer, save both to `path`, return the path."""
     import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     tokenizer = make_tokenizer()
-    config = Qwen2Config(
+    # Llama, not Qwen2: transformers 5 loads a Qwen2 checkpoint's tokenizer as its own BPE class, ignoring the
+    # saved word-level tokenizer.json; for Llama it loads what was saved.
+    config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,

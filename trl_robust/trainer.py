@@ -63,7 +63,7 @@ class RobustDPOTrainer(DPOTrainer):
         }
 
     # `_compute_loss` is TRL's own method, derived from the installed TRL with one extra branch that calls this.
-    _compute_loss = dispatch.derived_compute_loss()
+    _compute_loss = dispatch.derive_compute_loss()
 
     def _registered_per_sequence_loss(self, loss_type, chosen_scores, rejected_scores, mode):
         """Per-pair loss of a registered loss type; called from the branch `dispatch` adds to TRL's loss chain."""

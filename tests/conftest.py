@@ -1,0 +1,76 @@
+"""Shared fixtures: a tiny local model and small preference datasets; everything offline."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+
+from trl_robust.tiny import make_tiny_model, tiny_preference_records  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory):
+    """A 2-layer Qwen2 and its tokenizer saved to disk (TRL reloads the reference model from this path)."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model")
+
+
+@pytest.fixture
+def preference_dataset():
+    return Dataset.from_list(tiny_preference_records(n=16, seed=0))
+
+
+@pytest.fixture
+def conversational_dataset():
+    return Dataset.from_list(tiny_preference_records(n=16, seed=1, conversational=True))
+
+
+def train_args(tmp_path, config_cls=None, **overrides):
+    """A fast CPU config for the tiny model; tests override what they pin down."""
+    from trl_robust import RobustDPOConfig
+
+    config_cls = config_cls or RobustDPOConfig
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        bf16=False,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        max_steps=3,
+        learning_rate=0.1,
+        logging_steps=1,
+        seed=0,
+        disable_tqdm=True,
+    )
+    defaults.update(overrides)
+    return config_cls(**defaults)
+
+
+def perturb_(model, seed=1, scale=0.05):
+    """Move the policy away from the reference so margins are non-zero (same noise for the same seed)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn(param.shape, generator=generator) * scale)
+
+
+def first_batch(trainer):
+    """The first collated training batch, as the trainer would see it."""
+    return trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+
+
+def independent_logps(model, batch):
+    """Summed completion log-probs per sequence, from plain logits (not TRL's fused LM head)."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    token_logps = logps.gather(-1, batch["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
+    mask = batch["completion_mask"][:, 1:].float()
+    return (token_logps * mask).sum(dim=1)
