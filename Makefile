@@ -1,0 +1,42 @@
+# Local set-up and tests on a CPU machine, offline. `make test` is the one command a new user (and CI) runs.
+#   make test          virtualenv .venv with the newest supported TRL, then the test suite
+#   make test-oldest   the same suite against the oldest supported TRL (.venv-trl-oldest)
+#   make tiny          train the built-in tiny model on built-in data through `trl-robust dpo` (no downloads)
+# The CPU build of torch is pinned: an unpinned torch pulls a multi-GB CUDA build. On a GPU machine install
+# the package with your usual torch instead (`pip install trl-robust[peft]`).
+
+PYTHON ?= python3
+TORCH_VERSION ?= 2.13.0
+OLDEST_TRL ?= 0.29.0
+PYTEST_ARGS ?=
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: test test-oldest tiny clean
+
+.venv/installed: pyproject.toml
+	$(PYTHON) -m venv .venv
+	.venv/bin/pip install --quiet --upgrade pip
+	.venv/bin/pip install --quiet torch==$(TORCH_VERSION)
+	.venv/bin/pip install --quiet -e ".[dev]"
+	touch $@
+
+.venv-trl-oldest/installed: pyproject.toml
+	$(PYTHON) -m venv .venv-trl-oldest
+	.venv-trl-oldest/bin/pip install --quiet --upgrade pip
+	.venv-trl-oldest/bin/pip install --quiet torch==$(TORCH_VERSION)
+	.venv-trl-oldest/bin/pip install --quiet -e ".[dev]" trl==$(OLDEST_TRL)
+	touch $@
+
+test: .venv/installed
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+test-oldest: .venv-trl-oldest/installed
+	.venv-trl-oldest/bin/python -m pytest $(PYTEST_ARGS)
+
+tiny: .venv/installed
+	.venv/bin/trl-robust dpo --config recipes/tiny_offline.yaml
+
+clean:
+	rm -rf .venv .venv-trl-oldest
