@@ -74,3 +74,10 @@ def independent_logps(model, batch):
     token_logps = logps.gather(-1, batch["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
     mask = batch["completion_mask"][:, 1:].float()
     return (token_logps * mask).sum(dim=1)
+
+
+def pytest_report_header(config):
+    import transformers
+    import trl
+
+    return f"trl {trl.__version__}, transformers {transformers.__version__}, torch {torch.__version__}"

@@ -1,15 +1,14 @@
 """`RobustDPOConfig`: TRL's `DPOConfig` plus the robust losses' hyperparameters, validated at construction."""
 
-import difflib
 import math
 import warnings
 from dataclasses import dataclass, field, fields
 
-from packaging.version import Version
 import trl
+from packaging.version import Version
 from trl import DPOConfig
 
-from .registry import available_loss_types, get_loss_spec
+from .registry import available_loss_types, get_loss_spec, unknown_loss_type_error
 
 
 @dataclass
@@ -87,9 +86,7 @@ def validate_robust_args(args) -> None:
     valid = available_loss_types()
     for loss_type in loss_types:
         if loss_type not in valid:
-            close = difflib.get_close_matches(str(loss_type), valid, n=1, cutoff=0.5)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"Unknown loss_type {loss_type!r}.{hint} Valid loss types: {', '.join(valid)}.")
+            raise unknown_loss_type_error(loss_type)
 
     _require_finite("beta", args.beta)
     _require_finite("label_smoothing", args.label_smoothing)

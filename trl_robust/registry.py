@@ -12,6 +12,7 @@ the trainer then accepts its name in `loss_type` (alone, or in a multi-loss list
 (add the attribute by subclassing `RobustDPOConfig`).
 """
 
+import difflib
 import re
 import textwrap
 from collections.abc import Callable, Mapping
@@ -129,6 +130,14 @@ def available_loss_types() -> list[str]:
     from .dispatch import trl_builtin_loss_types
 
     return [*trl_builtin_loss_types(), *_REGISTRY]
+
+
+def unknown_loss_type_error(name) -> ValueError:
+    """The error for a `loss_type` nobody implements: names the closest valid one and lists them all."""
+    valid = available_loss_types()
+    close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ValueError(f"Unknown loss_type {name!r}.{hint} Valid loss types: {', '.join(valid)}.")
 
 
 ROPO_PAPER = Paper(

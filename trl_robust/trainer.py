@@ -1,13 +1,11 @@
 """`RobustDPOTrainer`: TRL's `DPOTrainer` that also accepts the registered robust loss types."""
 
-import difflib
-
 import torch
 from trl import DPOTrainer
 
 from . import dispatch
 from .config import RobustDPOConfig, robust_hyperparameter, validate_robust_args
-from .registry import LossSpec, available_loss_types, get_loss_spec
+from .registry import LossSpec, get_loss_spec, unknown_loss_type_error
 
 dispatch.check_trl_version()
 
@@ -51,9 +49,9 @@ class RobustDPOTrainer(DPOTrainer):
 
     def _set_model_card_data(self, loss_types: list[str]) -> None:
         self._tag_names = [*type(self)._tag_names, *loss_types]
-        papers = list({s.paper.arxiv_id: s.paper for s in self._robust_specs.values() if s.paper}.values())
         if not self._robust_specs:
-            return
+            return  # built-in losses only: TRL's DPO name and citation are right
+        papers = list({s.paper.arxiv_id: s.paper for s in self._robust_specs.values() if s.paper}.values())
         self._name = f"DPO with the {' + '.join(self._robust_specs)} loss (trl-robust)"
         citations = [DPOTrainer._paper["citation"], *(p.citation for p in papers)]
         self._paper = {
@@ -68,11 +66,8 @@ class RobustDPOTrainer(DPOTrainer):
     def _registered_per_sequence_loss(self, loss_type, chosen_scores, rejected_scores, mode):
         """Per-pair loss of a registered loss type; called from the branch `dispatch` adds to TRL's loss chain."""
         spec = get_loss_spec(loss_type)
-        if spec is None:
-            valid = available_loss_types()
-            close = difflib.get_close_matches(str(loss_type), valid, n=1, cutoff=0.5)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"Unknown loss_type {loss_type!r}.{hint} Valid loss types: {', '.join(valid)}.")
+        if spec is None:  # e.g. a name unregistered after the trainer was built
+            raise unknown_loss_type_error(loss_type)
         hyperparameters = {kw: robust_hyperparameter(self.args, attr) for kw, attr in spec.hyperparameters.items()}
         clip = robust_hyperparameter(self.args, "sympo_reward_clip") if spec.uses_reward_clip else None
         if clip is None:
@@ -101,4 +96,5 @@ class RobustDPOTrainer(DPOTrainer):
         metrics[f"{spec.name}/negative_margin_frac"].append((z_all < 0).float().mean().item())
         metrics[f"{spec.name}/saturated_frac"].append((weight == 0).float().mean().item())
         if clipped is not None:
-            metrics[f"{spec.name}/clipped_frac"].append(self.accelerator.gather(clipped).float().mean().item())
+            # float before gather: not every backend gathers bool tensors
+            metrics[f"{spec.name}/clipped_frac"].append(self.accelerator.gather(clipped.float()).mean().item())
