@@ -83,18 +83,22 @@ class RobustDPOTrainer(DPOTrainer):
 
     def _log_margin_metrics(self, spec: LossSpec, z, clipped, hyperparameters, mode) -> None:
         """Gather the margins of the global batch and log how the loss weighs them (see README glossary)."""
-        z_all = self.accelerator.gather(z.detach()).float()
+        # One gather for margins and clip flags (as float: not every backend gathers bool tensors).
+        flags = clipped if clipped is not None else torch.zeros_like(z, dtype=torch.bool)
+        z_all, clipped_all = self.accelerator.gather(torch.stack([z.detach().float(), flags.float()], dim=-1)).unbind(-1)
         # Gradient weight w(z) = −∂ℓ/∂z, by autograd so it holds for any registered loss; also under eval's no_grad.
         with torch.enable_grad():
             z_leaf = z_all.clone().requires_grad_(True)
             (grad,) = torch.autograd.grad(spec.fn(z_leaf, **hyperparameters).sum(), z_leaf)
         weight = -grad
-        dpo_weight = torch.sigmoid(-z_all)
-        metrics = self._metrics[mode]
-        metrics[f"{spec.name}/grad_weight"].append(weight.mean().item())
-        metrics[f"{spec.name}/grad_weight_vs_dpo"].append((weight.sum() / dpo_weight.sum().clamp_min(1e-30)).item())
-        metrics[f"{spec.name}/negative_margin_frac"].append((z_all < 0).float().mean().item())
-        metrics[f"{spec.name}/saturated_frac"].append((weight == 0).float().mean().item())
+        values = {
+            "grad_weight": weight.mean(),
+            "grad_weight_vs_dpo": weight.sum() / torch.sigmoid(-z_all).sum().clamp_min(1e-30),
+            "negative_margin_frac": (z_all < 0).float().mean(),
+            "saturated_frac": (weight == 0).float().mean(),
+        }
         if clipped is not None:
-            # float before gather: not every backend gathers bool tensors
-            metrics[f"{spec.name}/clipped_frac"].append(self.accelerator.gather(clipped.float()).mean().item())
+            values["clipped_frac"] = clipped_all.mean()
+        # One device-to-host transfer for all of them, not one `.item()` sync each.
+        for name, value in zip(values, torch.stack(list(values.values())).tolist()):
+            self._metrics[mode][f"{spec.name}/{name}"].append(value)
