@@ -1,0 +1,135 @@
+"""Overhead of the robust losses against stock TRL, measured side by side in one run.
+
+For each model size, stock `trl.DPOTrainer` with `loss_type="sigmoid"` and `RobustDPOTrainer` with `sigmoid`, `ropo`,
+`sympo_sigmoid` and `sympo_ramp` train the same model on the same data. Every measurement runs in a fresh process
+(so peak memory is that configuration's own), and the configurations are interleaved over several rounds so that
+drift in machine load hits all of them alike; the median over rounds is reported, as a ratio to stock TRL.
+
+    python benchmarks/overhead.py            # tiny (~0.03M) and small (~25M parameter) Llama, CPU
+    python benchmarks/overhead.py --quick    # tiny model only, fewer steps
+
+Peak memory is the process's peak resident set size on CPU, and `torch.cuda.max_memory_allocated` on a GPU.
+"""
+
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from transformers import HfArgumentParser  # noqa: E402
+
+CONFIGS = [("stock TRL", "sigmoid"), ("trl-robust", "sigmoid"), ("trl-robust", "ropo"),
+           ("trl-robust", "sympo_sigmoid"), ("trl-robust", "sympo_ramp")]
+MODELS = {"tiny": dict(hidden_size=32, num_layers=2), "small": dict(hidden_size=512, num_layers=8)}
+
+
+@dataclass
+class OverheadArguments:
+    output_dir: str = field(default="benchmarks/results", metadata={"help": "Where overhead.md goes."})
+    quick: bool = field(default=False, metadata={"help": "Tiny model only, fewer steps and rounds."})
+    rounds: int = field(default=5, metadata={"help": "Interleaved rounds; the median is reported."})
+
+
+def measure(trainer_kind: str, loss_type: str, model_path: str, steps: int, batch_size: int) -> dict:
+    """Train `steps` steps after 3 warm-up steps in this (fresh) process; return steps/s and peak memory."""
+    import resource
+
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    import trl_robust
+    from trl_robust.tiny import tiny_preference_records
+
+    torch.set_num_threads(1)
+    timings = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            timings.append(time.perf_counter())
+
+        def on_train_end(self, args, state, control, **kwargs):
+            timings.append(time.perf_counter())
+
+    config_cls, trainer_cls = (
+        (trl.DPOConfig, trl.DPOTrainer) if trainer_kind == "stock TRL" else (trl_robust.DPOConfig, trl_robust.DPOTrainer)
+    )
+    args = config_cls(
+        output_dir=f"/tmp/trl-robust-overhead-{os.getpid()}",
+        loss_type=loss_type,
+        max_steps=steps + 3,
+        per_device_train_batch_size=batch_size,
+        learning_rate=1e-4,
+        use_cpu=not torch.cuda.is_available(),
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10_000,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+        bf16=False,
+    )
+    dataset = Dataset.from_list(tiny_preference_records(n=batch_size * (steps + 3), seed=0))
+    trainer = trainer_cls(model=model_path, args=args, train_dataset=dataset, callbacks=[Clock()])
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    steady = timings[3:]  # from the start of step 4 to the end of training
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if torch.cuda.is_available()
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    return {"steps_per_second": (len(steady) - 1) / (steady[-1] - steady[0]), "peak_memory_mib": peak}
+
+
+def main(argv=None) -> None:
+    (args,) = HfArgumentParser(OverheadArguments).parse_args_into_dataclasses(argv)
+    from trl_robust.tiny import make_tiny_model
+
+    rounds = 2 if args.quick else args.rounds
+    models = {"tiny": MODELS["tiny"]} if args.quick else MODELS
+    work = Path("/tmp/trl-robust-overhead-models")
+    lines = [
+        "# Overhead of the robust losses vs stock TRL",
+        f"`python benchmarks/overhead.py{' --quick' if args.quick else ''}`: median of {rounds} interleaved rounds, "
+        "each configuration in a fresh process, one CPU thread. Ratios are against stock `trl.DPOTrainer` with "
+        "`sigmoid` on the same model and data, measured in the same run (> 1 = faster / more memory).",
+        "",
+        "| model | trainer | loss_type | steps/s | ratio | peak memory (MiB) | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    context = multiprocessing.get_context("spawn")
+    for name, shape in models.items():
+        path = make_tiny_model(work / name, **shape)
+        n_params = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(path).parameters())
+        steps, batch = (10, 8) if name == "tiny" and args.quick else (20, 16)
+        samples = {config: [] for config in CONFIGS}
+        for _ in range(rounds):
+            for config in CONFIGS:
+                with context.Pool(1, maxtasksperchild=1) as pool:
+                    samples[config].append(pool.apply(measure, (*config, path, steps, batch)))
+        base_speed = statistics.median(s["steps_per_second"] for s in samples[CONFIGS[0]])
+        base_memory = statistics.median(s["peak_memory_mib"] for s in samples[CONFIGS[0]])
+        for config in CONFIGS:
+            speed = statistics.median(s["steps_per_second"] for s in samples[config])
+            memory = statistics.median(s["peak_memory_mib"] for s in samples[config])
+            lines.append(
+                f"| {name} ({n_params / 1e6:.2f}M) | {config[0]} | `{config[1]}` | {speed:.2f} | {speed / base_speed:.3f} "
+                f"| {memory:.0f} | {memory / base_memory:.3f} |"
+            )
+    report = "\n".join(lines) + "\n"
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "overhead.md").write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

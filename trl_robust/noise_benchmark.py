@@ -1,0 +1,316 @@
+"""Noise-robustness experiments on the synthetic task, through the real `RobustDPOTrainer`.
+
+Shared by the benchmark (`benchmarks/noise_robustness.py`) and the demo (`trl-robust demo`): build the task once per
+seed (reference policy + clean pairs), inject label noise, train each method with identical data, initialisation and
+optimiser, and record per epoch
+
+- clean held-out preference accuracy of the implicit reward (TRL's `rewards/accuracies` on a clean split),
+- the same accuracy on a *noisy* validation split (what a user without clean labels can see, for early stopping),
+- policy improvement: the mean true reward of sampled responses minus the reference policy's.
+"""
+
+import json
+import math
+import multiprocessing
+import os
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# Methods compared: display name -> (loss_type, uses the true flip rate as label_smoothing)
+METHODS = {
+    "DPO": ("sigmoid", False),
+    "rDPO": ("robust", True),
+    "IPO": ("ipo", False),
+    "ROPO": ("ropo", False),
+    "SymPO-sigmoid": ("sympo_sigmoid", False),
+    "SymPO-ramp": ("sympo_ramp", False),
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How the task is built and trained; the same for every method in a grid."""
+
+    n_train: int = 1000
+    n_validation: int = 200
+    n_test: int = 300
+    n_reward_prompts: int = 300
+    epochs: int = 20
+    learning_rate: float = 1e-2
+    beta: float = 0.1
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class Job:
+    method: str
+    noise: str  # "symmetric" or "prefer_longer"
+    flip_rate: float
+    seed: int
+    setting: Setting = field(default_factory=Setting)
+
+
+def task_dir(root: Path, seed: int) -> Path:
+    return Path(root) / "tasks" / f"seed{seed}"
+
+
+def build_task(root, seed: int, setting: Setting) -> Path:
+    """Fit the reference policy and draw the clean pairs for `seed`, cached under `root/tasks/seed<seed>`."""
+    from transformers import AutoModelForCausalLM
+
+    from .synthetic import RewardModel, fit_reference_policy, make_preference_pairs, random_prompts
+
+    directory = task_dir(root, seed)
+    data_file = directory / "pairs.json"
+    if data_file.exists():
+        return directory
+    reference_path = fit_reference_policy(directory / "reference", seed=seed)
+    reference = AutoModelForCausalLM.from_pretrained(reference_path)
+    reward = RewardModel.from_seed(seed)
+    n_pairs = setting.n_train + setting.n_validation + setting.n_test
+    pairs = make_preference_pairs(reference, reward, n_pairs, seed=seed)
+    data = {
+        "train": pairs[: setting.n_train],
+        "validation": pairs[setting.n_train : setting.n_train + setting.n_validation],
+        "test": pairs[setting.n_train + setting.n_validation :],
+        "reward_prompts": random_prompts(setting.n_reward_prompts, random.Random(f"reward-prompts-{seed}")),
+    }
+    data_file.write_text(json.dumps(data))
+    return directory
+
+
+def run_job(job: Job, root) -> dict:
+    """Train one method on one noisy copy of the task; return its per-epoch curves."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
+
+    from . import RobustDPOConfig, RobustDPOTrainer
+    from .data import flip_preferences
+    from .synthetic import RewardModel, mean_true_reward
+
+    torch.set_num_threads(1)
+    setting = job.setting
+    directory = task_dir(root, job.seed)
+    data = json.loads((directory / "pairs.json").read_text())
+    reward = RewardModel.from_seed(job.seed)
+    prompts = data["reward_prompts"]
+    train = flip_preferences(Dataset.from_list(data["train"]), job.flip_rate, seed=job.seed, mode=job.noise)
+    validation = flip_preferences(
+        Dataset.from_list(data["validation"]), job.flip_rate, seed=job.seed + 1000, mode=job.noise
+    )
+    test = Dataset.from_list(data["test"])
+    loss_type, smoothing_is_flip_rate = METHODS[job.method]
+    reference = AutoModelForCausalLM.from_pretrained(directory / "reference")
+    reference_reward = mean_true_reward(reference, reward, prompts, seed=job.seed)
+
+    policy_rewards = []
+
+    class PolicyReward(TrainerCallback):
+        def on_epoch_end(self, args, state, control, model=None, **kwargs):
+            policy_rewards.append(mean_true_reward(model, reward, prompts, seed=job.seed) - reference_reward)
+            model.train()
+
+    args = RobustDPOConfig(
+        output_dir=str(Path(root) / "runs" / f"{job.method}-{job.noise}-{job.flip_rate}-{job.seed}"),
+        loss_type=loss_type,
+        label_smoothing=job.flip_rate if smoothing_is_flip_rate else 0.0,
+        beta=setting.beta,
+        learning_rate=setting.learning_rate,
+        lr_scheduler_type="constant",
+        num_train_epochs=setting.epochs,
+        per_device_train_batch_size=setting.batch_size,
+        per_device_eval_batch_size=150,
+        eval_strategy="epoch",
+        logging_strategy="epoch",
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+        seed=job.seed,
+        data_seed=job.seed,
+    )
+    trainer = RobustDPOTrainer(
+        model=str(directory / "reference"),
+        args=args,
+        train_dataset=train.remove_columns("label_flipped"),
+        eval_dataset={"clean": test, "noisy_val": validation.remove_columns("label_flipped")},
+        callbacks=[PolicyReward()],
+    )
+    trainer.remove_callback(PrinterCallback)  # one progress bar for the grid, not a dict per log line
+    start = time.perf_counter()
+    trainer.train()
+    history = trainer.state.log_history
+    # TRL prefixes its own metrics with "eval_" only, so each split's accuracy is told apart by the loss key that
+    # Trainer.evaluate logs in the same entry (`eval_<split>_loss`).
+    return {
+        **asdict(job),
+        "clean_accuracy": [e["eval_rewards/accuracies"] for e in history if "eval_clean_loss" in e],
+        "noisy_val_accuracy": [e["eval_rewards/accuracies"] for e in history if "eval_noisy_val_loss" in e],
+        "reward_gain": policy_rewards,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _run_job_star(arguments):
+    return run_job(*arguments)
+
+
+def run_grid(jobs: list[Job], root, workers: int = 2, results_file=None, progress=True) -> list[dict]:
+    """Run `jobs` (tasks built first), `workers` processes with one thread each; append each result to `results_file`."""
+    from tqdm.auto import tqdm
+
+    root = Path(root)
+    for seed in sorted({j.seed for j in jobs}):
+        build_task(root, seed, jobs[0].setting)
+    results = []
+    context = multiprocessing.get_context("spawn")  # torch + fork is fragile; spawn is what accelerate uses too
+    with context.Pool(workers) as pool, tqdm(total=len(jobs), disable=not progress, desc="runs") as bar:
+        for result in pool.imap_unordered(_run_job_star, [(job, root) for job in jobs]):
+            results.append(result)
+            if results_file is not None:
+                with open(results_file, "a") as f:
+                    f.write(json.dumps(result) + "\n")
+            bar.set_postfix_str(f"{result['method']} {result['noise']} {result['flip_rate']} seed {result['seed']}")
+            bar.update()
+    return results
+
+
+# ---- summaries -------------------------------------------------------------------------------------------------
+
+
+def early_stop_epoch(result: dict) -> int:
+    """Epoch with the best *noisy* validation accuracy (the first, on ties): what a user without clean labels picks."""
+    curve = result["noisy_val_accuracy"]
+    return max(range(len(curve)), key=lambda i: (curve[i], -i))
+
+
+def summarise(result: dict) -> dict:
+    stop = early_stop_epoch(result)
+    return {
+        "final_accuracy": result["clean_accuracy"][-1],
+        "peak_accuracy": max(result["clean_accuracy"]),
+        "early_stopped_accuracy": result["clean_accuracy"][stop],
+        "final_reward_gain": result["reward_gain"][-1],
+        "early_stopped_reward_gain": result["reward_gain"][stop],
+    }
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(results: list[dict]) -> dict:
+    """(noise, flip_rate, method) -> metric -> (mean, std over seeds)."""
+    groups: dict = {}
+    for result in results:
+        groups.setdefault((result["noise"], result["flip_rate"], result["method"]), []).append(summarise(result))
+    return {
+        key: {metric: mean_std([s[metric] for s in summaries]) for metric in summaries[0]}
+        for key, summaries in groups.items()
+    }
+
+
+def markdown_table(results: list[dict], metric: str, scale: float = 100.0, digits: int = 1) -> str:
+    """Methods as rows, noise settings as columns, `mean ± std` over seeds (× `scale`)."""
+    table = aggregate(results)
+    columns = sorted({(k[0], k[1]) for k in table}, key=lambda c: (c[0] != "symmetric", c[0], c[1]))
+    methods = [m for m in METHODS if any(k[2] == m for k in table)]
+    header = "| method | " + " | ".join(
+        f"{int(rate * 100)}%" + ("" if noise == "symmetric" else f" {noise}") for noise, rate in columns
+    )
+    lines = [header + " |", "|---" * (len(columns) + 1) + "|"]
+    for method in methods:
+        cells = []
+        for noise, rate in columns:
+            cell = table.get((noise, rate, method))
+            cells.append("–" if cell is None else f"{cell[metric][0] * scale:.{digits}f} ± {cell[metric][1] * scale:.{digits}f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path) -> None:
+    """Metric vs flip rate (one line per method), and clean accuracy over training at the highest flip rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = aggregate(results)
+    symmetric = sorted({k[1] for k in table if k[0] == "symmetric"})
+    methods = [m for m in METHODS if any(k[2] == m for k in table)]
+    panels = [
+        ("early_stopped_accuracy", "clean accuracy, DPO-style early stop (%)", 100),
+        ("final_accuracy", "clean accuracy after the last epoch (%)", 100),
+        ("final_reward_gain", "true-reward gain over reference, last epoch", 1),
+    ]
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5 * (len(panels) + 1), 4.2))
+    for ax, (metric, label, scale) in zip(axes, panels):
+        for method in methods:
+            rows = [table[("symmetric", r, method)][metric] for r in symmetric if ("symmetric", r, method) in table]
+            ax.errorbar(
+                [100 * r for r in symmetric][: len(rows)],
+                [m * scale for m, _ in rows],
+                yerr=[s * scale for _, s in rows],
+                marker="o",
+                capsize=3,
+                label=method,
+            )
+        ax.set_xlabel("symmetric flip rate (%)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    worst = max(symmetric)
+    ax = axes[-1]
+    for method in methods:
+        curves = [r["clean_accuracy"] for r in results if r["method"] == method and r["noise"] == "symmetric" and r["flip_rate"] == worst]
+        if curves:
+            mean_curve = [100 * statistics.fmean(c[i] for c in curves) for i in range(min(map(len, curves)))]
+            ax.plot(range(1, len(mean_curve) + 1), mean_curve, marker=".", label=method)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"clean accuracy at {int(worst * 100)}% flips (%)")
+    ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def grid_jobs(methods, flip_rates, seeds, setting: Setting, bias_rate: float | None = None) -> list[Job]:
+    jobs = [Job(m, "symmetric", r, s, setting) for s in seeds for r in flip_rates for m in methods]
+    if bias_rate is not None:
+        jobs += [Job(m, "prefer_longer", bias_rate, s, setting) for s in seeds for m in methods]
+    return jobs
+
+
+def cpu_workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def is_finite_result(result: dict) -> bool:
+    return all(math.isfinite(v) for v in result["clean_accuracy"] + result["reward_gain"])
+
+
+def report(results: list[dict], setting: Setting, command: str, minutes: float) -> str:
+    """The markdown written next to the plot: settings, then one table per metric (mean ± std over seeds)."""
+    seeds = sorted({r["seed"] for r in results})
+    sections = [
+        "# Noise-robustness benchmark",
+        f"`{command}` — {len(results)} runs in {minutes:.1f} min. Synthetic task (`trl_robust.synthetic`), "
+        f"{setting.n_train} training pairs, {setting.epochs} epochs, β {setting.beta}, AdamW lr {setting.learning_rate} "
+        f"constant, batch {setting.batch_size}; seeds {seeds}; mean ± std over seeds. Columns are label-flip rates "
+        "(symmetric unless marked; `prefer_longer` = an annotator who prefers the longer answer).",
+    ]
+    for metric, title, scale, digits in [
+        ("early_stopped_accuracy", "Clean held-out preference accuracy (%) at the epoch with the best *noisy* validation accuracy", 100, 1),
+        ("final_accuracy", "Clean held-out preference accuracy (%) after the last epoch", 100, 1),
+        ("peak_accuracy", "Peak clean held-out preference accuracy (%) over epochs (oracle stopping)", 100, 1),
+        ("early_stopped_reward_gain", "True-reward gain of the policy over the reference, at the early-stopped epoch", 1, 3),
+        ("final_reward_gain", "True-reward gain of the policy over the reference, after the last epoch", 1, 3),
+    ]:
+        sections += [f"## {title}", markdown_table(results, metric, scale=scale, digits=digits)]
+    return "\n\n".join(sections) + "\n"
