@@ -1,6 +1,7 @@
 # Local set-up and tests on a CPU machine, offline. `make test` is the one command a new user (and CI) runs.
 #   make test          virtualenv .venv with the newest supported TRL, then the test suite
 #   make test-oldest   the same suite against the oldest supported TRL (.venv-trl-oldest)
+#   make demo          the main job: DPO vs the robust losses on the built-in task with 40% flipped labels
 #   make tiny          train the built-in tiny model on built-in data through `trl-robust dpo` (no downloads)
 # The CPU build of torch is pinned: an unpinned torch pulls a multi-GB CUDA build. On a GPU machine install
 # the package with your usual torch instead (`pip install trl-robust[peft]`).
@@ -13,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: test test-oldest tiny clean
+.PHONY: test test-oldest demo tiny clean
 
 .venv/installed: pyproject.toml
 	$(PYTHON) -m venv .venv
@@ -34,6 +35,9 @@ test: .venv/installed
 
 test-oldest: .venv-trl-oldest/installed
 	.venv-trl-oldest/bin/python -m pytest $(PYTEST_ARGS)
+
+demo: .venv/installed
+	.venv/bin/trl-robust demo
 
 tiny: .venv/installed
 	.venv/bin/trl-robust dpo --config recipes/tiny_offline.yaml

@@ -39,16 +39,25 @@ class RobustDPOConfig(DPOConfig):
             "(ablation {6, 14, 30}); larger is more robust to noise and less like DPO."
         },
     )
-    sympo_reward_clip: float | None = field(
+    # `str` too, as TRL does for `pad_to_multiple_of`: the command line can only say "none" as text.
+    sympo_reward_clip: float | str | None = field(
         default=10.0,
         metadata={
             "help": "Reward clip c for the `sympo_*` losses (SymPO, Nishimori et al. 2025, arXiv 2505.24709): each "
             "side's reward β·score is clamped to [−c, c] before the chosen-minus-rejected difference, as the SymPO "
-            "authors do (their default 10). Must be > 0; `None` disables clipping."
+            "authors do (their default 10). Must be > 0; `none` (YAML `null`) disables clipping."
         },
     )
 
     def __post_init__(self):
+        if isinstance(self.sympo_reward_clip, str):  # from the command line
+            text = self.sympo_reward_clip.strip().lower()
+            try:
+                self.sympo_reward_clip = None if text in ("none", "null") else float(text)
+            except ValueError:
+                raise ValueError(
+                    f"`sympo_reward_clip` must be a positive number or none, got {self.sympo_reward_clip!r}."
+                ) from None
         validate_robust_args(self)
         super().__post_init__()
 
@@ -103,7 +112,7 @@ def validate_robust_args(args) -> None:
         if clip <= 0:
             raise ValueError(
                 f"`sympo_reward_clip` must be > 0 (the SymPO authors use 10), got {clip}; set it to None to disable "
-                "reward clipping."
+                "reward clipping (`none` on the command line, `null` in YAML)."
             )
 
     registered = [get_loss_spec(t) for t in loss_types if get_loss_spec(t) is not None]

@@ -280,6 +280,30 @@ def plot(results: list[dict], path) -> None:
     plt.close(fig)
 
 
+def plot_training_curves(results: list[dict], path) -> None:
+    """Clean accuracy and true-reward gain over epochs, one line per run (the demo's plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for result in results:
+        epochs = range(1, len(result["clean_accuracy"]) + 1)
+        label = f"{result['method']} ({result['flip_rate']:.0%} flips)"
+        axes[0].plot(epochs, [100 * a for a in result["clean_accuracy"]], marker=".", label=label)
+        axes[1].plot(epochs, result["reward_gain"], marker=".", label=label)
+    axes[0].set_ylabel("clean held-out preference accuracy (%)")
+    axes[1].set_ylabel("true-reward gain over the reference")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def grid_jobs(methods, flip_rates, seeds, setting: Setting, bias_rate: float | None = None) -> list[Job]:
     jobs = [Job(m, "symmetric", r, s, setting) for s in seeds for r in flip_rates for m in methods]
     if bias_rate is not None:

@@ -60,6 +60,16 @@ class RobustDPOTrainer(DPOTrainer):
             "citation": "\n\n".join(citations),
         }
 
+    def save_model(self, output_dir=None, _internal_call=False):
+        """TRL's `save_model`; a final save into `args.output_dir` also writes the model card.
+
+        TRL writes the card only with checkpoints and on `push_to_hub`, so a run with `save_strategy="no"` would
+        save a model whose card never says how it was trained.
+        """
+        super().save_model(output_dir, _internal_call)
+        if not _internal_call and output_dir in (None, self.args.output_dir):
+            self.create_model_card()
+
     # `_compute_loss` is TRL's own method, derived from the installed TRL with one extra branch that calls this.
     _compute_loss = dispatch.derive_compute_loss()
 

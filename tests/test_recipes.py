@@ -1,0 +1,75 @@
+"""Every recipe in recipes/ parses with the installed TRL through the CLI's own parser, at the values it documents."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from trl_robust.cli.arguments import parse_dpo_args
+from trl_robust.cli.builtin import is_builtin
+from trl_robust.registry import registered_loss_types
+
+RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
+# The GPU recipes set `bf16: true`, which TrainingArguments refuses on a machine without a GPU unless `use_cpu` is set.
+# That is the only value these tests override, and only where there is no GPU.
+NO_GPU_OVERRIDE = [] if torch.cuda.is_available() else ["--use_cpu", "true"]
+
+
+def parse_recipe(recipe: Path):
+    return parse_dpo_args(["--config", str(recipe), *NO_GPU_OVERRIDE])
+
+
+def test_recipes_cover_every_robust_loss_and_the_adapter_variants():
+    names = {recipe.stem for recipe in RECIPES}
+    assert set(registered_loss_types()) <= names
+    assert {"ropo_lora", "ropo_qlora", "tiny_offline"} <= names
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.stem)
+def test_recipe_parses_at_the_papers_defaults(recipe):
+    args = parse_recipe(recipe)  # an unknown key, a bad value or an unknown loss type raises here
+    config = args.training_args
+    (loss_type,) = config.loss_type
+    assert recipe.stem.startswith(loss_type) or recipe.stem == "tiny_offline"
+    assert loss_type in registered_loss_types()
+    assert config.beta == 0.1
+    if loss_type == "ropo":
+        assert config.ropo_alpha == 14.0
+    else:
+        assert config.sympo_reward_clip == 10.0
+    assert args.launch_args == []  # single-process recipes: nothing for `accelerate launch`
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.stem)
+def test_recipe_documents_its_sources_and_hardware(recipe):
+    text = recipe.read_text()
+    comments = "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
+    assert "arXiv" in comments  # the paper behind the loss
+    if recipe.stem == "tiny_offline":
+        assert "CPU" in comments
+        return
+    assert "Where the numbers come from" in comments and "Hardware" in comments
+    # The effective batch the comment states is the one the values give on one GPU.
+    stated = int(re.search(r"Effective batch = .*= (\d+)", comments).group(1))
+    config = yaml.safe_load(text)
+    assert config["per_device_train_batch_size"] * config["gradient_accumulation_steps"] == stated
+
+
+def test_adapter_recipes_set_lora_and_4bit():
+    lora = parse_recipe(next(r for r in RECIPES if r.stem == "ropo_lora")).model_args
+    qlora = parse_recipe(next(r for r in RECIPES if r.stem == "ropo_qlora")).model_args
+    assert lora.use_peft and not lora.load_in_4bit and lora.lora_target_modules == "all-linear"
+    assert qlora.use_peft and qlora.load_in_4bit and qlora.bnb_4bit_quant_type == "nf4"
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.stem)
+def test_only_the_offline_recipe_uses_builtin_names(recipe):
+    args = parse_recipe(recipe)
+    names = (args.model_args.model_name_or_path, args.script_args.dataset_name)
+    if recipe.stem == "tiny_offline":
+        assert all(is_builtin(name) for name in names) and args.training_args.use_cpu
+    else:
+        assert not any(is_builtin(name) for name in names)
+        assert args.script_args.dataset_name == "trl-lib/ultrafeedback_binarized"

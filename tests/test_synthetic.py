@@ -1,0 +1,90 @@
+"""The synthetic task: the true reward, the labelled pairs, and the benchmark's bookkeeping."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from trl_robust import noise_benchmark as nb
+from trl_robust.synthetic import RewardModel, fit_reference_policy, make_preference_pairs, sample_responses
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_true_reward_by_hand():
+    reward = RewardModel({"good": 1, "fine": 1, "bad": -1, "ugly": -1})
+    # mean of s(w)·(2 if w in prompt): "good"(+1) "bad"(−1 ×2, in prompt) "ugly"(−1) → (1 − 2 − 1)/3 = −2/3
+    assert reward("bad news", "good bad ugly") == pytest.approx(-2 / 3)
+    assert reward("x", "good fine") == pytest.approx(1.0)
+    assert reward("good", "good") == pytest.approx(2.0)
+    assert reward("x", "") == 0.0
+
+
+def test_reward_model_splits_the_vocabulary_in_half_per_seed():
+    a, b = RewardModel.from_seed(0), RewardModel.from_seed(1)
+    assert sum(v == 1 for v in a.scores.values()) == len(a.scores) // 2
+    assert a.scores != b.scores and a == RewardModel.from_seed(0)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    path = fit_reference_policy(tmp_path_factory.mktemp("task") / "reference", seed=0, steps=150)
+    return AutoModelForCausalLM.from_pretrained(path)
+
+
+def test_reference_policy_gives_diverse_responses(reference):
+    responses = sample_responses(reference, ["the cat"] * 40, seed=0)
+    assert len(set(responses)) > 30  # diverse: sampled, not one memorised answer
+    assert all(len(r.split()) <= 8 for r in responses)
+    assert sum(bool(r) for r in responses) >= 30  # mostly non-empty (an immediate end-of-text is allowed)
+
+
+def test_pairs_are_labelled_by_the_true_reward(reference):
+    reward = RewardModel.from_seed(0)
+    pairs = make_preference_pairs(reference, reward, 50, seed=0)
+    assert len(pairs) == 50
+    for pair in pairs:
+        assert reward(pair["prompt"], pair["chosen"]) > reward(pair["prompt"], pair["rejected"])
+
+
+def result(method, rate, clean, noisy, gain, noise="symmetric", seed=0):
+    return {"method": method, "noise": noise, "flip_rate": rate, "seed": seed,
+            "clean_accuracy": clean, "noisy_val_accuracy": noisy, "reward_gain": gain}
+
+
+def test_early_stopping_uses_the_noisy_validation_curve():
+    r = result("DPO", 0.4, clean=[0.6, 0.7, 0.55], noisy=[0.52, 0.51, 0.56], gain=[0.1, 0.3, 0.2])
+    assert nb.early_stop_epoch(r) == 2  # best noisy validation accuracy, not best clean
+    s = nb.summarise(r)
+    assert s == {"final_accuracy": 0.55, "peak_accuracy": 0.7, "early_stopped_accuracy": 0.55,
+                 "final_reward_gain": 0.2, "early_stopped_reward_gain": 0.2}
+    tie = result("DPO", 0.4, clean=[0.6, 0.7], noisy=[0.5, 0.5], gain=[0.1, 0.3])
+    assert nb.early_stop_epoch(tie) == 0  # ties go to the earlier epoch
+
+
+def test_table_reports_mean_and_sample_std_over_seeds():
+    results = [result("DPO", 0.2, [0.5, 0.6], [0.5, 0.6], [0, 0], seed=0),
+               result("DPO", 0.2, [0.5, 0.8], [0.5, 0.6], [0, 0], seed=1)]
+    # final accuracy 0.6 and 0.8: mean 70.0, sample std √((0.1² + 0.1²)/1) = 14.1
+    table = nb.markdown_table(results, "final_accuracy")
+    assert "| DPO | 70.0 ± 14.1 |" in table and "| method | 20% |" in table
+
+
+def test_quick_benchmark_runs_end_to_end(tmp_path):
+    out = tmp_path / "results"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "noise_robustness.py"), "--quick", "--output_dir", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [json.loads(line) for line in (out / "noise_robustness.jsonl").read_text().splitlines()]
+    assert {(r["method"], r["flip_rate"]) for r in lines} == {("DPO", 0.0), ("DPO", 0.4), ("ROPO", 0.0), ("ROPO", 0.4)}
+    for r in lines:
+        assert len(r["clean_accuracy"]) == len(r["noisy_val_accuracy"]) == len(r["reward_gain"]) == 2
+        assert all(0.0 <= a <= 1.0 for a in r["clean_accuracy"])
+    report = (out / "noise_robustness.md").read_text()
+    assert "| DPO |" in report and "| ROPO |" in report
+    assert (out / "noise_robustness.png").stat().st_size > 10_000

@@ -1,0 +1,118 @@
+"""The `trl-robust` command: TRL's `trl` command, with robust DPO.
+
+    trl-robust dpo [--config FILE.yaml] [ARGS...]   `trl dpo`, training with RobustDPOConfig / RobustDPOTrainer
+    trl-robust env                                  what `trl env` prints, plus trl-robust's version
+    trl-robust demo [--flip_rate 0.4 ...]           DPO vs the robust losses on a built-in noisy task (CPU, offline)
+    trl-robust COMMAND ...                          any other TRL command, run by `trl` unchanged (sft, grpo, ...)
+
+Why a command of its own: `trl dpo` runs TRL's script in a fresh interpreter through `accelerate launch`, where
+this package is never imported, and it forwards every YAML key its dataclasses lack (`ropo_alpha`) to accelerate,
+which stops with "unrecognized arguments". `trl-robust dpo` parses with the same TRL parser plus our config and
+launches `trl_robust.scripts.dpo`, which runs TRL's own script body after `patch_trl()`.
+"""
+
+import argparse
+import contextlib
+import io
+import subprocess
+import sys
+
+from .. import __version__
+
+TRAINING_MODULE = "trl_robust.scripts.dpo"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `trl-robust` console script and of `python -m trl_robust`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else None
+    if command == "dpo":
+        return dpo_command(argv[1:])
+    if command == "env":
+        return env_command()
+    if command == "demo":
+        from ..demo import main as demo_main
+
+        demo_main(argv[1:])
+        return 0
+    trl_commands = _trl_commands()
+    is_option = command is None or command.startswith("-")
+    if not is_option and (command in trl_commands or not trl_commands):  # TRL's (if its CLI is broken, fail as it)
+        from trl.cli import main as trl_main
+
+        return trl_main(argv)
+    # No command, --help, --version, or an unknown command: argparse answers (help, or "invalid choice").
+    parser = _help_parser(trl_commands)
+    parser.parse_args(argv[:1])
+    parser.print_help()
+    return 0
+
+
+def dpo_command(argv: list[str], prog: str = "trl-robust dpo") -> int:
+    """`trl-robust dpo ARGS`: check the arguments here, then train in processes started by `accelerate launch`."""
+    from accelerate.commands.launch import launch_command, launch_command_parser
+
+    from .arguments import UsageError, parse_dpo_args
+    from .builtin import materialise_builtins
+
+    try:
+        args = parse_dpo_args(argv, prog=prog)
+    except UsageError as error:
+        print(f"{prog}: error: {error}\nRun `{prog} --help` to list every argument.", file=sys.stderr)
+        return 2
+    # Build `builtin:` names here, outside any distributed run and on every machine of a multi-machine one; the
+    # training processes then find them in the cache.
+    materialise_builtins(args.script_args, args.model_args)
+    # TRL's `launch_training_script` only starts scripts inside `trl/scripts`; this is its body, aimed at our module.
+    launch = launch_command_parser().parse_args([*args.launch_args, "--module", TRAINING_MODULE, *args.script_argv])
+    try:
+        launch_command(launch)
+    except subprocess.CalledProcessError as error:  # the training process has already printed its traceback
+        return error.returncode
+    return 0
+
+
+def env_command() -> int:
+    """Print `trl env`'s report with trl-robust's line added, so one copy-paste describes the whole setup."""
+    from trl.scripts.env import print_env
+
+    from ..dispatch import SUPPORTED_TRL
+    from ..registry import registered_loss_types
+
+    report = io.StringIO()
+    with contextlib.redirect_stdout(report):
+        print_env()
+    ours = f"- trl-robust version: {__version__} (supports trl{SUPPORTED_TRL}; loss types: "
+    ours += f"{', '.join(registered_loss_types())})"
+    lines = report.getvalue().splitlines()
+    trl_line = next((i for i, line in enumerate(lines) if line.startswith("- TRL version")), len(lines) - 1)
+    lines.insert(trl_line + 1, ours)
+    print("\n".join(lines))
+    return 0
+
+
+def _trl_commands() -> dict[str, str]:
+    """TRL's own command names and help texts, from the installed TRL (empty if its CLI cannot be imported)."""
+    try:
+        from trl.cli.commands import get_commands  # in trl 0.29 this imports every trainer, GRPO's extras included
+    except Exception:  # `trl-robust --help` and `trl-robust dpo` must not depend on them
+        return {}
+    return {command.name: command.help_text for command in get_commands()}
+
+
+def _help_parser(trl_commands: dict[str, str]) -> argparse.ArgumentParser:
+    import trl
+
+    parser = argparse.ArgumentParser(
+        prog="trl-robust",
+        description="TRL's command line with noise-robust DPO losses (ROPO, SymPO). Replace `trl` by `trl-robust`.",
+    )
+    parser.add_argument("--version", action="version", version=f"trl-robust {__version__} (trl {trl.__version__})")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    commands.add_parser("dpo", help="`trl dpo` with trl-robust's loss types (loss_type: ropo, ...) and fields")
+    commands.add_parser("env", help="what `trl env` prints, plus trl-robust's version")
+    commands.add_parser("demo", help="DPO vs ROPO vs SymPO on a built-in task with 40%% flipped labels (CPU, offline)")
+    for name, help_text in trl_commands.items():
+        if name not in ("dpo", "env", "demo"):
+            commands.add_parser(name, help=f"{help_text} (TRL's `trl {name}`, unchanged)")
+    return parser

@@ -1,0 +1,1 @@
+"""Training modules that the `trl-robust` command launches through `accelerate launch`."""
