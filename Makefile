@@ -27,7 +27,8 @@ export TOKENIZERS_PARALLELISM := false
 	$(PYTHON) -m venv .venv-trl-oldest
 	.venv-trl-oldest/bin/pip install --quiet --upgrade pip
 	.venv-trl-oldest/bin/pip install --quiet torch==$(TORCH_VERSION)
-	.venv-trl-oldest/bin/pip install --quiet -e ".[dev]" trl==$(OLDEST_TRL)
+	# requests: trl 0.29's own CLI imports it (for `trl sft` passthrough tests) without declaring it
+	.venv-trl-oldest/bin/pip install --quiet -e ".[dev]" trl==$(OLDEST_TRL) requests
 	touch $@
 
 test: .venv/installed

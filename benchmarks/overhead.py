@@ -93,7 +93,7 @@ def main(argv=None) -> None:
     (args,) = HfArgumentParser(OverheadArguments).parse_args_into_dataclasses(argv)
     from trl_robust.tiny import make_tiny_model
 
-    rounds = 2 if args.quick else args.rounds
+    rounds = min(args.rounds, 2) if args.quick else args.rounds
     models = {"tiny": MODELS["tiny"]} if args.quick else MODELS
     work = Path("/tmp/trl-robust-overhead-models")
     lines = [
@@ -109,7 +109,7 @@ def main(argv=None) -> None:
     for name, shape in models.items():
         path = make_tiny_model(work / name, **shape)
         n_params = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(path).parameters())
-        steps, batch = (10, 8) if name == "tiny" and args.quick else (20, 16)
+        steps, batch = {"tiny": (60, 16), "small": (8, 8)}[name] if not args.quick else (10, 8)
         samples = {config: [] for config in CONFIGS}
         for _ in range(rounds):
             for config in CONFIGS:

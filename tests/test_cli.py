@@ -226,5 +226,21 @@ def test_top_level_help_lists_dpo_env_and_trl_commands(capsys):
         cli_main(["--help"])
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
-    for command in ("dpo", "env", *_trl_commands()):
+    for command in ("dpo", "env", "demo", *_trl_commands()):
         assert command in help_text
+
+
+def test_demo_command_trains_prints_a_table_and_writes_a_plot(tmp_path):
+    out = tmp_path / "demo"
+    result = run_command("trl-robust", "demo", "--epochs", "1", "--output_dir", str(out), tmp_path=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for method in ("DPO", "ROPO", "SymPO-sigmoid"):
+        assert f"| {method} |" in result.stdout
+    assert "40% of the labels flipped" in result.stdout
+    assert (out / "training_curves.png").stat().st_size > 10_000
+
+
+def test_demo_refuses_a_bad_flip_rate_before_training(tmp_path):
+    result = run_command("trl-robust", "demo", "--flip_rate", "1.5", "--output_dir", str(tmp_path / "d"), tmp_path=tmp_path)
+    assert result.returncode != 0 and "--flip_rate must be in [0, 1)" in result.stderr
+    assert not (tmp_path / "d").exists()
