@@ -3,6 +3,7 @@ launcher arguments split as `trl dpo` splits them, and TRL's other commands pass
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -70,9 +71,7 @@ def test_tiny_offline_recipe_trains_and_saves_model_and_card_through_the_real_co
     assert "trl-robust" in tags and "ropo" in tags
 
     # The ROPO branch computed the loss: its metrics are in the training log.
-    (state_file,) = out.glob("checkpoint-*/trainer_state.json")
-    log = json.loads(state_file.read_text())["log_history"]
-    assert any("ropo/grad_weight" in entry for entry in log)
+    assert any("ropo/grad_weight" in entry for entry in training_log(out))
 
 
 def test_flip_rate_injects_label_noise_into_the_training_split(tmp_path):
@@ -85,18 +84,39 @@ def test_flip_rate_injects_label_noise_into_the_training_split(tmp_path):
     assert "- ropo" in (out / "README.md").read_text()  # the final save wrote the card without a checkpoint
 
 
-def test_num_processes_starts_that_many_ranks_and_all_exit(tmp_path):
+def training_log(out: Path) -> list[dict]:
+    (state_file,) = out.glob("checkpoint-*/trainer_state.json")
+    return json.loads(state_file.read_text())["log_history"]
+
+
+@pytest.mark.parametrize("loss_type", ["ropo", "sympo_sigmoid", "sympo_ramp"])
+def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_path, loss_type):
     # On a machine without GPUs accelerate starts one process for `--num_processes 2` alone; `multi_gpu: true` makes
     # it two torch.distributed (gloo) ranks. A YAML on/off flag is also what `trl dpo` cannot pass (it writes
     # `--multi_gpu True`), so this checks that path too.
-    recipe = {**yaml.safe_load(TINY_RECIPE.read_text()), "num_processes": 2, "multi_gpu": True}
-    config = write_yaml(tmp_path / "recipe.yaml", recipe)
-    out = tmp_path / "out"
-    result = run_command("trl-robust", "dpo", "--config", config, "--output_dir", str(out), tmp_path=tmp_path)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]  # a rank hanging at exit times out
-    # Rank count, from the data: 8 steps x 8 pairs per rank x 2 ranks = 128 pairs = 2 epochs of the 64 train pairs.
-    (state_file,) = out.glob("checkpoint-*/trainer_state.json")
-    assert json.loads(state_file.read_text())["epoch"] == pytest.approx(2.0)
+    recipe = {**yaml.safe_load(TINY_RECIPE.read_text()), "loss_type": loss_type, "logging_steps": 1}
+    two = write_yaml(tmp_path / "two.yaml", {**recipe, "num_processes": 2, "multi_gpu": True})
+    one = write_yaml(tmp_path / "one.yaml", {**recipe, "per_device_train_batch_size": 16, "per_device_eval_batch_size": 16})
+    results = {}
+    for name, config in (("two", two), ("one", one)):
+        result = run_command("trl-robust", "dpo", "--config", config, "--output_dir", str(tmp_path / name), tmp_path=tmp_path)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]  # a rank hanging at exit times out
+        results[name] = training_log(tmp_path / name)
+
+    # Two ranks, from the data: 8 steps x 8 pairs per rank x 2 ranks = 128 pairs = 2 epochs of the 64 train pairs.
+    assert results["two"][-1]["epoch"] == pytest.approx(2.0)
+    # The same global batch of 16 at every step: each rank's 8 pairs are half of the single process's 16. The added
+    # metrics match at every logged step only if they are computed over both ranks' pairs (a rank-local value would
+    # describe 8 of the 16), and the loss and the final weights match only if training is the same.
+    compared = ["loss", *(f"{loss_type}/{m}" for m in ("grad_weight", "grad_weight_vs_dpo", "negative_margin_frac"))]
+    compared += [f"eval_{loss_type}/grad_weight", "eval_loss"]
+    rows = {name: {(entry["step"], key): entry[key] for entry in log for key in compared if key in entry} for name, log in results.items()}
+    assert rows["two"].keys() == rows["one"].keys() and len(rows["one"]) == 8 * 4 + 2
+    for key, value in rows["one"].items():
+        assert rows["two"][key] == pytest.approx(value, rel=1e-3, abs=1e-5), key
+    final = {name: AutoModelForCausalLM.from_pretrained(tmp_path / name).state_dict() for name in results}
+    for name, weight in final["one"].items():
+        torch.testing.assert_close(final["two"][name], weight, rtol=1e-4, atol=1e-5, msg=name)
 
 
 # --- bad input: a clear error before any model is loaded ------------------------------------------------------------
@@ -173,6 +193,56 @@ def test_command_reports_bad_input_in_one_message_without_launching(tmp_path):
     assert "unknown key 'lerning_rate' (did you mean 'learning_rate'?)" in result.stderr
     assert "Traceback" not in result.stderr and "unrecognized arguments" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# --- an existing output directory and resuming ---------------------------------------------------------------------
+
+
+def test_a_non_empty_output_dir_is_refused_and_left_as_it_was(tmp_path, no_model_loading):
+    out = tmp_path / "out"
+    (out / "checkpoint-8").mkdir(parents=True)
+    (out / "checkpoint-16").mkdir()
+    (out / "model.safetensors").write_bytes(b"weights of an earlier run")
+    config = write_yaml(tmp_path / "recipe.yaml", {**VALID, "output_dir": str(out)})
+    with pytest.raises(UsageError) as error:
+        parse_dpo_args(["--config", config])
+    message = str(error.value)
+    assert "already exists and is not empty (checkpoint-16, checkpoint-8, model.safetensors)" in message
+    assert f"--resume_from_checkpoint {out / 'checkpoint-16'}" in message  # the latest, by step, not by name
+    assert "--overwrite_output_dir true" in message
+    assert (out / "model.safetensors").read_bytes() == b"weights of an earlier run"
+
+
+@pytest.mark.parametrize("flags", [["--overwrite_output_dir", "true"], ["--resume_from_checkpoint", "true"]])
+def test_a_non_empty_output_dir_is_accepted_when_asked_for(tmp_path, no_model_loading, flags):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_text("an earlier run")
+    config = write_yaml(tmp_path / "recipe.yaml", {**VALID, "output_dir": str(out)})
+    parse_dpo_args(["--config", config, *flags])  # no error
+
+
+def test_resume_from_checkpoint_through_the_command_continues_the_run(tmp_path):
+    # TRL 0.29's script calls `trainer.train()` and drops `--resume_from_checkpoint`; ours must honour it with every
+    # TRL. Two runs of 4 steps with a checkpoint (weights and optimizer) every 2: one straight through, and one
+    # resumed from a copy of the first's checkpoint-2. The resumed one must train steps 3-4 only, to the same weights.
+    common = ["dpo", "--config", str(TINY_RECIPE), "--max_steps", "4", "--save_steps", "2", "--logging_steps", "1",
+              "--save_only_model", "false", "--eval_strategy", "no", "--overwrite_output_dir", "false"]
+    full = run_command("trl-robust", *common, "--output_dir", str(tmp_path / "full"), tmp_path=tmp_path)
+    assert full.returncode == 0, full.stderr[-4000:]
+    shutil.copytree(tmp_path / "full" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
+    resume = ["--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", str(tmp_path / "resumed" / "checkpoint-2")]
+    resumed = run_command("trl-robust", *common, *resume, tmp_path=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+
+    def logged_steps(result):  # the training logs printed per step: {'loss': ..., 'epoch': ...}
+        return sum(line.lstrip().startswith("{'loss'") for line in result.stdout.splitlines())
+
+    assert (logged_steps(full), logged_steps(resumed)) == (4, 2)
+    expected = AutoModelForCausalLM.from_pretrained(tmp_path / "full").state_dict()
+    actual = AutoModelForCausalLM.from_pretrained(tmp_path / "resumed").state_dict()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 # --- what goes to `accelerate launch`, what to the training module --------------------------------------------------

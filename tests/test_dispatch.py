@@ -15,6 +15,11 @@ from trl_robust import dispatch
 
 from .conftest import first_batch, train_args
 
+HOOK_CALL = (
+    "self._registered_per_sequence_loss(loss_type, chosen_scores, rejected_scores, ref_chosen_logps, "
+    "ref_rejected_logps, mode)"
+)
+
 
 def test_derived_source_is_trls_with_only_the_raise_replaced():
     trl_lines, first = inspect.getsourcelines(trl.DPOTrainer._compute_loss)
@@ -25,7 +30,7 @@ def test_derived_source_is_trls_with_only_the_raise_replaced():
     derived_body = derived[first - 1 : first - 1 + len(trl_lines)]
     changed = [i for i, (a, b) in enumerate(zip(trl_lines, derived_body)) if a.strip() != b.strip()]
     # One line holds the hook call; the rest of the replaced `raise ValueError(...)` became blank lines.
-    assert "self._registered_per_sequence_loss(loss_type, chosen_scores, rejected_scores, mode)" in derived_body[changed[0]]
+    assert HOOK_CALL in derived_body[changed[0]]
     assert "raise ValueError" in trl_lines[changed[0]]
     assert all(derived_body[i].strip() == "" for i in changed[1:])
 
@@ -46,7 +51,7 @@ def test_tracebacks_from_a_registered_loss_show_real_lines(tiny_model_path, pref
     frames = traceback.extract_tb(err.value.__traceback__)
     derived = [f for f in frames if f.filename.startswith("<trl_robust.dispatch:")]
     assert len(derived) == 1
-    assert derived[0].line == "per_sequence_loss = self._registered_per_sequence_loss(loss_type, chosen_scores, rejected_scores, mode)"
+    assert derived[0].line == f"per_sequence_loss = {HOOK_CALL}"
     # Lines before the branch are TRL's own, at TRL's own line numbers.
     assert linecache.getline(derived[0].filename, 1 + inspect.getsourcelines(trl.DPOTrainer._compute_loss)[1]).strip() == (
         inspect.getsourcelines(trl.DPOTrainer._compute_loss)[0][1].strip()
@@ -56,13 +61,13 @@ def test_tracebacks_from_a_registered_loss_show_real_lines(tiny_model_path, pref
 # Stand-ins for a future TRL whose `_compute_loss` changed shape.
 class NoLossLoop:
     def _compute_loss(self, model, inputs, return_outputs):
-        chosen_scores = rejected_scores = mode = None
+        chosen_scores = rejected_scores = ref_chosen_logps = ref_rejected_logps = mode = None
         return self.loss_fn(chosen_scores, rejected_scores, mode)
 
 
 class NoFinalRaise:
     def _compute_loss(self, model, inputs, return_outputs):
-        chosen_scores = rejected_scores = mode = None
+        chosen_scores = rejected_scores = ref_chosen_logps = ref_rejected_logps = mode = None
         for loss_type, loss_weight in zip(self.loss_types, self.loss_weights, strict=True):
             if loss_type == "sigmoid":
                 per_sequence_loss = chosen_scores - rejected_scores
@@ -73,7 +78,7 @@ class NoFinalRaise:
 
 class RenamedScores:
     def _compute_loss(self, model, inputs, return_outputs):
-        chosen_rewards = rejected_rewards = mode = None
+        chosen_rewards = rejected_rewards = ref_chosen_logps = ref_rejected_logps = mode = None
         for loss_type, loss_weight in zip(self.loss_types, self.loss_weights, strict=True):
             if loss_type == "sigmoid":
                 per_sequence_loss = chosen_rewards - rejected_rewards
@@ -85,6 +90,7 @@ class RenamedScores:
 class SameShape:
     def _compute_loss(self, model, inputs, return_outputs):
         chosen_scores, rejected_scores, mode = inputs
+        ref_chosen_logps = ref_rejected_logps = torch.zeros_like(chosen_scores)
         loss = 0.0
         for loss_type, loss_weight in zip(self.loss_types, self.loss_weights, strict=True):
             if loss_type == "sigmoid":
@@ -119,7 +125,7 @@ def test_a_method_of_the_expected_shape_gets_the_branch():
     class Host:
         loss_types, loss_weights = ["sigmoid", "custom"], [1.0, 1.0]
 
-        def _registered_per_sequence_loss(self, loss_type, chosen_scores, rejected_scores, mode):
+        def _registered_per_sequence_loss(self, loss_type, chosen_scores, rejected_scores, ref_chosen, ref_rejected, mode):
             assert (loss_type, mode) == ("custom", "train")
             return 10 * (chosen_scores - rejected_scores)
 

@@ -8,7 +8,9 @@ this package and drift silently as TRL changes it (it changed three times in 1.1
 the installed method's source and replace only the final ``raise`` with one call:
 
     else:
-        per_sequence_loss = self._registered_per_sequence_loss(loss_type, chosen_scores, rejected_scores, mode)
+        per_sequence_loss = self._registered_per_sequence_loss(
+            loss_type, chosen_scores, rejected_scores, ref_chosen_logps, ref_rejected_logps, mode
+        )
 
 Everything else — tokenisation, forward passes, live/precomputed/PEFT reference, f-divergence scores, WPO
 weighting, `ld_alpha`, `loss_weights`, MoE aux loss, metrics — is TRL's code, byte for byte, and every
@@ -39,7 +41,8 @@ _MIN_TRL, _MAX_TRL_EXCLUSIVE = Version("0.29.0"), Version("1.17")
 
 HOOK_METHOD = "_registered_per_sequence_loss"
 # Local names of `_compute_loss` that the inserted branch reads (besides `self` and `loss_type`).
-_NAMES_READ = ("chosen_scores", "rejected_scores", "mode")
+# The reference log-probs are read only to report a non-finite reference (NaN/inf) instead of training on it.
+_NAMES_READ = ("chosen_scores", "rejected_scores", "ref_chosen_logps", "ref_rejected_logps", "mode")
 
 
 class IncompatibleTRLError(ImportError):

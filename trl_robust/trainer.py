@@ -5,6 +5,7 @@ from trl import DPOTrainer
 
 from . import dispatch
 from .config import RobustDPOConfig, robust_hyperparameter, validate_robust_args
+from .data import check_trainer_datasets
 from .registry import LossSpec, get_loss_spec, unknown_loss_type_error
 
 dispatch.check_trl_version()
@@ -31,6 +32,8 @@ class RobustDPOTrainer(DPOTrainer):
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
             args = RobustDPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-DPO")
         validate_robust_args(args)  # before TRL loads any model
+        # Bad rows fail early, by split, column and row, instead of deep inside TRL's tokenisation.
+        check_trainer_datasets(DPOTrainer.__init__, model, ref_model, args, *pargs, **kwargs)
         loss_types = [args.loss_type] if isinstance(args.loss_type, str) else list(args.loss_type)
         self._robust_specs = {t: get_loss_spec(t) for t in loss_types if get_loss_spec(t) is not None}
         self._set_model_card_data(loss_types)
@@ -73,7 +76,9 @@ class RobustDPOTrainer(DPOTrainer):
     # `_compute_loss` is TRL's own method, derived from the installed TRL with one extra branch that calls this.
     _compute_loss = dispatch.derive_compute_loss()
 
-    def _registered_per_sequence_loss(self, loss_type, chosen_scores, rejected_scores, mode):
+    def _registered_per_sequence_loss(
+        self, loss_type, chosen_scores, rejected_scores, ref_chosen_logps, ref_rejected_logps, mode
+    ):
         """Per-pair loss of a registered loss type; called from the branch `dispatch` adds to TRL's loss chain."""
         spec = get_loss_spec(loss_type)
         if spec is None:  # e.g. a name unregistered after the trainer was built
@@ -88,14 +93,23 @@ class RobustDPOTrainer(DPOTrainer):
             chosen_rewards, rejected_rewards = self.beta * chosen_scores, self.beta * rejected_scores
             clipped = (chosen_rewards.abs() > clip) | (rejected_rewards.abs() > clip)
             z = chosen_rewards.clamp(-clip, clip) - rejected_rewards.clamp(-clip, clip)
-        self._log_margin_metrics(spec, z, clipped, hyperparameters, mode)
+        # Clipping would hide a NaN or inf in the scores (clamp maps inf to ±clip): check them before it.
+        bad_reference = ~(torch.isfinite(ref_chosen_logps) & torch.isfinite(ref_rejected_logps))
+        bad_margin = ~torch.isfinite(chosen_scores - rejected_scores) & ~bad_reference
+        self._log_margin_metrics(spec, z, clipped, hyperparameters, mode, bad_reference, bad_margin)
         return spec.fn(z, **hyperparameters)
 
-    def _log_margin_metrics(self, spec: LossSpec, z, clipped, hyperparameters, mode) -> None:
-        """Gather the margins of the global batch and log how the loss weighs them (see README glossary)."""
-        # One gather for margins and clip flags (as float: not every backend gathers bool tensors).
+    def _log_margin_metrics(self, spec: LossSpec, z, clipped, hyperparameters, mode, bad_reference, bad_margin):
+        """Gather the margins of the global batch and log how the loss weighs them (see README glossary).
+
+        Also the one place that sees every pair of the global batch on the host, so it refuses to go on if any pair's
+        reference or policy log-probs are not finite: a NaN margin would otherwise be trained on silently (and with
+        SymPO's clip an inf one would look like an ordinary clipped pair). Every process raises together.
+        """
+        # One gather for margins and per-pair flags (as float: not every backend gathers bool tensors).
         flags = clipped if clipped is not None else torch.zeros_like(z, dtype=torch.bool)
-        z_all, clipped_all = self.accelerator.gather(torch.stack([z.detach().float(), flags.float()], dim=-1)).unbind(-1)
+        columns = [z.detach().float(), flags.float(), bad_reference.float(), bad_margin.float()]
+        z_all, clipped_all, bad_reference_all, bad_margin_all = self.accelerator.gather(torch.stack(columns, -1)).unbind(-1)
         # Gradient weight w(z) = −∂ℓ/∂z, by autograd so it holds for any registered loss; also under eval's no_grad.
         with torch.enable_grad():
             z_leaf = z_all.clone().requires_grad_(True)
@@ -109,6 +123,29 @@ class RobustDPOTrainer(DPOTrainer):
         }
         if clipped is not None:
             values["clipped_frac"] = clipped_all.mean()
+        counts = torch.stack([bad_reference_all.sum(), bad_margin_all.sum()])
         # One device-to-host transfer for all of them, not one `.item()` sync each.
-        for name, value in zip(values, torch.stack(list(values.values())).tolist()):
+        *metrics, n_bad_reference, n_bad_margin = torch.cat([torch.stack(list(values.values())), counts]).tolist()
+        if n_bad_reference or n_bad_margin:  # (the metrics above are then NaN and not logged)
+            raise FloatingPointError(_non_finite_message(spec.name, mode, len(z_all), n_bad_reference, n_bad_margin))
+        for name, value in zip(values, metrics):
             self._metrics[mode][f"{spec.name}/{name}"].append(value)
+
+
+def _non_finite_message(loss_type: str, mode: str, n_pairs: int, n_bad_reference: float, n_bad_margin: float) -> str:
+    problems = []
+    if n_bad_reference:
+        problems.append(
+            f"the reference log-probs of {int(n_bad_reference)} pair(s) are NaN or infinite (a reference model in "
+            "float16 that overflows, a corrupt checkpoint, or NaN in precomputed `ref_chosen_logps`/"
+            "`ref_rejected_logps` columns)"
+        )
+    if n_bad_margin:
+        problems.append(
+            f"the policy's log-probs of {int(n_bad_margin)} pair(s) are NaN or infinite (diverged training: lower "
+            "the learning rate, or use bfloat16/float32 instead of float16)"
+        )
+    return (
+        f"Non-finite DPO margins in a {mode} batch of {n_pairs} pairs ({loss_type} loss): {'; and '.join(problems)}. "
+        "trl-robust stops rather than train on them."
+    )

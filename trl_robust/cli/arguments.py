@@ -8,7 +8,9 @@ training process we check here, before any model is loaded:
 - a key or flag that is neither a dataclass field nor an `accelerate launch` option (accelerate would only say
   "unrecognized arguments"): named, with the closest valid name;
 - an unknown loss type or a bad robust hyperparameter (`RobustDPOConfig` validates at construction);
-- a missing model or dataset: a local-looking path that does not exist, or an unknown `builtin:` name.
+- a missing model or dataset: a local-looking path that does not exist, or an unknown `builtin:` name;
+- an `output_dir` that already holds files, unless the run resumes from a checkpoint or `overwrite_output_dir` is set
+  (the rule of transformers' example scripts; transformers 5 dropped the field, so we keep it).
 """
 
 import difflib
@@ -54,7 +56,22 @@ class LabelNoiseArguments:
             raise ValueError(f"`flip_mode` must be one of {list(FLIP_MODES)}, got {self.flip_mode!r}.")
 
 
+@dataclass
+class OutputDirArguments:
+    """`overwrite_output_dir`, which transformers 5 removed from `TrainingArguments` (4.x still has it there)."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow training into an `output_dir` that already holds files (they may be overwritten). "
+            "Without it, a non-empty `output_dir` is refused unless `resume_from_checkpoint` is set."
+        },
+    )
+
+
 DATACLASS_TYPES = (ScriptArguments, RobustDPOConfig, ModelConfig, DatasetMixtureConfig, LabelNoiseArguments)
+if not hasattr(RobustDPOConfig, "overwrite_output_dir"):
+    DATACLASS_TYPES += (OutputDirArguments,)
 _FIELD_OF = "a field of " + ", ".join(t.__name__ for t in DATACLASS_TYPES)
 # Handled by TRL's launcher (trl/cli/accelerate_config.py): a shipped accelerate config by name, or a file.
 ACCELERATE_CONFIG_OPTION = "--accelerate_config"
@@ -91,10 +108,11 @@ def make_parser(prog: str = "trl-robust dpo") -> TrlParser:
     return TrlParser(DATACLASS_TYPES, prog=prog, usage="%(prog)s [--config FILE.yaml] [--ARGUMENT VALUE ...]")
 
 
-def parse_dpo_args(argv: list[str], prog: str = "trl-robust dpo") -> DPOArguments:
+def parse_dpo_args(argv: list[str], prog: str = "trl-robust dpo", check_output_dir: bool = True) -> DPOArguments:
     """Parse `trl-robust dpo` arguments as `trl dpo` does, raising `UsageError` on bad input. Loads no model.
 
-    `-h/--help` prints the help and exits, as in TRL.
+    `-h/--help` prints the help and exits, as in TRL. `check_output_dir=False` skips the non-empty `output_dir` check:
+    for the ranks of a distributed run, which would see the directory another rank has begun to write.
     """
     argv = _split_config_assignment(list(argv))
     parser = make_parser(prog)
@@ -111,8 +129,11 @@ def parse_dpo_args(argv: list[str], prog: str = "trl-robust dpo") -> DPOArgument
         *dataclasses, _ = parser.parse_args_and_config(argv, return_remaining_strings=True)
     except ValueError as error:  # from a dataclass's __post_init__: unknown loss type, inconsistent values, ...
         raise UsageError(str(error)) from error
-    script_args, training_args, model_args, dataset_args, noise_args = dataclasses
+    script_args, training_args, model_args, dataset_args, noise_args, *output_args = dataclasses
     _check_sources(script_args, model_args, dataset_args)
+    if check_output_dir:
+        overwrite = (output_args[0] if output_args else training_args).overwrite_output_dir
+        _check_output_dir(training_args, overwrite)
     return DPOArguments(
         script_args,
         training_args,
@@ -299,6 +320,27 @@ def _looks_like_local_path(value: str) -> bool:
         or value.count("/") > 1
         or "\\" in value
         or Path(value).suffix.lower() in _DATA_FILE_SUFFIXES
+    )
+
+
+def _check_output_dir(training_args, overwrite: bool) -> None:
+    """Refuse to train into a directory that holds files, unless resuming or told to overwrite: a new run would
+    replace the model, checkpoints and model card of the last one."""
+    output_dir = Path(training_args.output_dir)
+    if overwrite or training_args.resume_from_checkpoint or not output_dir.is_dir():
+        return
+    contents = sorted(p.name for p in output_dir.iterdir())
+    if not contents:
+        return
+    shown = ", ".join(contents[:5]) + (", ..." if len(contents) > 5 else "")
+    checkpoints = sorted(
+        (p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
+    resume = f"`--resume_from_checkpoint {checkpoints[-1]}` to continue that run, " if checkpoints else ""
+    raise UsageError(
+        f"`output_dir` {str(output_dir)!r} already exists and is not empty ({shown}); training would overwrite it. "
+        f"Pass {resume}`--overwrite_output_dir true` to write over it, or choose another `--output_dir`."
     )
 
 

@@ -9,6 +9,7 @@ copied, so it stays TRL's in every supported version. It can also be started by 
     python -m trl_robust.scripts.dpo --config recipes/tiny_offline.yaml
 """
 
+import os
 import sys
 
 import torch
@@ -21,17 +22,25 @@ from trl_robust.cli.builtin import materialise_builtins
 from trl_robust.data import flip_preferences
 
 
-def trainer_with_label_noise(noise_args: LabelNoiseArguments) -> type[RobustDPOTrainer]:
-    """`RobustDPOTrainer`, flipping labels of the training split as `noise_args` says before TRL prepares it."""
+def script_trainer(noise_args: LabelNoiseArguments | None) -> type[RobustDPOTrainer]:
+    """`RobustDPOTrainer` as the script uses it: label noise on the training split (if asked for), and
+    `--resume_from_checkpoint` honoured with every TRL (TRL < 1.0's script calls `trainer.train()` without it, so a
+    resumed run would silently start again from step 0)."""
 
-    class NoisyLabelDPOTrainer(RobustDPOTrainer):
+    class ScriptDPOTrainer(RobustDPOTrainer):
         def __init__(self, *args, train_dataset=None, **kwargs):
-            train_dataset = flip_preferences(
-                train_dataset, noise_args.flip_rate, seed=noise_args.flip_seed, mode=noise_args.flip_mode
-            )
+            if noise_args is not None and noise_args.flip_rate > 0:
+                train_dataset = flip_preferences(
+                    train_dataset, noise_args.flip_rate, seed=noise_args.flip_seed, mode=noise_args.flip_mode
+                )
             super().__init__(*args, train_dataset=train_dataset, **kwargs)
 
-    return NoisyLabelDPOTrainer
+        def train(self, resume_from_checkpoint=None, *args, **kwargs):
+            if resume_from_checkpoint is None:
+                resume_from_checkpoint = self.args.resume_from_checkpoint
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    return ScriptDPOTrainer
 
 
 def main(script_args, training_args, model_args, dataset_args, noise_args: LabelNoiseArguments | None = None):
@@ -44,9 +53,7 @@ def main(script_args, training_args, model_args, dataset_args, noise_args: Label
     patch_trl()  # before importing TRL's script: trl < 1.0 binds `DPOTrainer` when the script module is imported
     from trl.scripts import dpo as trl_dpo_script
 
-    trainer_cls = RobustDPOTrainer
-    if noise_args is not None and noise_args.flip_rate > 0:
-        trainer_cls = trl.DPOTrainer = trainer_with_label_noise(noise_args)  # where TRL's script looks it up
+    trainer_cls = trl.DPOTrainer = script_trainer(noise_args)  # where TRL's script looks it up
     if getattr(trl_dpo_script, "DPOTrainer", trainer_cls) is not trainer_cls:
         trl_dpo_script.DPOTrainer = trainer_cls  # that module was imported before the patch (trl < 1.0)
     trl_dpo_script.main(script_args, training_args, model_args, dataset_args)
@@ -67,8 +74,10 @@ def end_distributed() -> None:
 
 if __name__ == "__main__":
     prog = "python -m trl_robust.scripts.dpo"
+    # `trl-robust dpo` checked `output_dir` before launching; a rank of a distributed run would find it being written.
+    single_process = int(os.environ.get("WORLD_SIZE", "1")) == 1
     try:
-        args = parse_dpo_args(sys.argv[1:], prog=prog)
+        args = parse_dpo_args(sys.argv[1:], prog=prog, check_output_dir=single_process)
     except UsageError as error:
         sys.exit(f"{prog}: error: {error}")
     main(*args.dataclasses, args.noise_args)

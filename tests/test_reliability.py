@@ -1,0 +1,160 @@
+"""Training under hostile numerics and interruption: extreme margins in three dtypes, non-finite log-probs reported
+instead of trained on, and checkpoint/resume ending where an uninterrupted run ends."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from trl_robust import RobustDPOTrainer
+
+from .conftest import first_batch, perturb_, train_args
+
+ROBUST = ["ropo", "sympo_sigmoid", "sympo_ramp"]
+
+
+def load(path, dtype=torch.float32):
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+
+
+# --- extreme margins --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("loss_type", ROBUST)
+def test_a_training_step_at_margins_in_the_thousands_has_finite_loss_and_gradients(
+    tiny_model_path, preference_dataset, tmp_path, loss_type, dtype
+):
+    # A policy far from its reference and a large β put |β·Δ| in the thousands: DPO's −log σ(z) written naively
+    # overflows there (exp(1000) = inf), and float16 tops out at 65504.
+    policy, reference = load(tiny_model_path, dtype), load(tiny_model_path, dtype)
+    perturb_(policy, seed=3, scale=1.0)
+    args = train_args(tmp_path, loss_type=loss_type, beta=100.0, sympo_reward_clip=None)
+    trainer = RobustDPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=preference_dataset)
+
+    trainer.model.train()  # as `Trainer.training_step` does (from_pretrained returns a model in eval mode)
+    loss = trainer.compute_loss(trainer.model, first_batch(trainer))
+    trainer.accelerator.backward(loss)  # as `Trainer.training_step` does
+
+    margins = trainer._metrics["train"]["rewards/margins"]  # TRL's mean β·Δ over the batch
+    assert abs(margins[-1]) > 1000, f"the test did not reach extreme margins: mean β·Δ = {margins[-1]}"
+    assert trainer._metrics["train"][f"{loss_type}/grad_weight"]  # the robust branch ran and logged
+    assert math.isfinite(loss.item())
+    grads = [p.grad for p in trainer.model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+# --- non-finite log-probs ---------------------------------------------------------------------------------------------
+
+
+def poison_(model):
+    """One NaN weight in the last layer norm: every sequence's log-probs become NaN."""
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("nan")
+
+
+@pytest.mark.parametrize("loss_type", ROBUST)
+def test_nan_reference_log_probs_stop_training_with_a_message_naming_the_reference(
+    tiny_model_path, preference_dataset, tmp_path, loss_type
+):
+    policy, reference = load(tiny_model_path), load(tiny_model_path)
+    poison_(reference)
+    before = {name: p.clone() for name, p in policy.named_parameters()}
+    args = train_args(tmp_path, loss_type=loss_type)
+    trainer = RobustDPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=preference_dataset)
+
+    with pytest.raises(FloatingPointError, match=r"reference log-probs of 4 pair\(s\) are NaN") as error:
+        trainer.train()
+    assert "policy" not in str(error.value)
+    # Nothing was trained on the NaN batch.
+    assert all(torch.equal(before[name], p) for name, p in trainer.model.named_parameters())
+
+
+def test_nan_policy_log_probs_are_reported_as_the_policy(tiny_model_path, preference_dataset, tmp_path):
+    policy, reference = load(tiny_model_path), load(tiny_model_path)
+    poison_(policy)
+    args = train_args(tmp_path, loss_type="sympo_sigmoid")  # its reward clip would turn an inf margin into ±10
+    trainer = RobustDPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=preference_dataset)
+    with pytest.raises(FloatingPointError, match=r"policy's log-probs of 4 pair\(s\) are NaN") as error:
+        trainer.compute_loss(trainer.model, first_batch(trainer))
+    assert "reference log-probs" not in str(error.value)
+
+
+def test_nan_in_precomputed_reference_columns_is_reported(tiny_model_path, preference_dataset, tmp_path):
+    reference = load(tiny_model_path)
+    poison_(reference)
+    # TRL precomputes the reference log-probs once, before training; a NaN there would be reused every epoch.
+    args = train_args(tmp_path, loss_type="ropo", precompute_ref_log_probs=True)
+    trainer = RobustDPOTrainer(
+        model=load(tiny_model_path), ref_model=reference, args=args, train_dataset=preference_dataset
+    )
+    with pytest.raises(FloatingPointError, match="reference log-probs"):
+        trainer.train()
+
+
+# --- checkpoint and resume --------------------------------------------------------------------------------------------
+
+
+class CountSteps(TrainerCallback):
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+class Interrupt(TrainerCallback):
+    """Kill the run at a given step, after the checkpoint before it was written (as a pre-empted job would die)."""
+
+    def __init__(self, at_step):
+        self.at_step = at_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at_step:
+            raise KeyboardInterrupt(f"interrupted at step {state.global_step}")
+
+
+@pytest.mark.parametrize("loss_type", ["ropo", "sympo_ramp"])
+def test_a_run_resumed_from_a_checkpoint_ends_like_an_uninterrupted_run(
+    tiny_model_path, preference_dataset, tmp_path, loss_type
+):
+    def run(output_dir, resume=None, callbacks=()):
+        args = train_args(
+            tmp_path,
+            output_dir=str(output_dir),
+            loss_type=loss_type,
+            max_steps=6,
+            learning_rate=0.05,
+            lr_scheduler_type="linear",  # scheduler and optimizer state must come back from the checkpoint too
+            save_strategy="steps",
+            save_steps=3,
+        )
+        trainer = RobustDPOTrainer(
+            model=tiny_model_path, args=args, train_dataset=preference_dataset, callbacks=list(callbacks)
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    uninterrupted = run(tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "interrupted", callbacks=[Interrupt(at_step=5)])
+    steps_after_resume = CountSteps()
+    resumed = run(
+        tmp_path / "interrupted", resume=str(tmp_path / "interrupted" / "checkpoint-3"), callbacks=[steps_after_resume]
+    )
+    assert steps_after_resume.steps == [4, 5, 6]  # it did resume, rather than train again from scratch
+
+    # Steps 1-3 come from the checkpoint's log, 4-6 were computed again after the resume.
+    def by_step(trainer):
+        return {e["step"]: e for e in trainer.state.log_history if "loss" in e}
+
+    full, again = by_step(uninterrupted), by_step(resumed)
+    assert sorted(full) == sorted(again) == [1, 2, 3, 4, 5, 6]
+    for step in (4, 5, 6):
+        for key in ("loss", f"{loss_type}/grad_weight", f"{loss_type}/negative_margin_frac", "rewards/margins"):
+            assert again[step][key] == pytest.approx(full[step][key], rel=1e-4, abs=1e-6), (step, key)
+    for (name, p_full), (_, p_resumed) in zip(
+        uninterrupted.model.named_parameters(), resumed.model.named_parameters(), strict=True
+    ):
+        torch.testing.assert_close(p_resumed, p_full, rtol=1e-5, atol=1e-6, msg=name)
