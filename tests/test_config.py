@@ -52,6 +52,12 @@ def test_unknown_loss_type_without_close_match_still_lists_valid(tmp_path):
         ({"beta": math.inf}, "beta` must be a finite"),
         ({"label_smoothing": math.nan}, "label_smoothing` must be a finite"),
         ({"loss_type": ["ropo", "sft"], "loss_weights": [1.0, math.nan]}, "loss_weights` must be a finite"),
+        ({"drdpo_beta_prime": 0.0}, "drdpo_beta_prime` must be > 0"),
+        ({"drdpo_beta_prime": math.inf}, "drdpo_beta_prime` must be a finite"),
+        ({"loss_type": "cdpo", "label_smoothing": 0.5}, r"'cdpo' takes ε.*\[0, 0.5\); got 0.5"),
+        ({"loss_type": "cdpo", "label_smoothing": -0.1}, r"'cdpo' takes ε.*\[0, 0.5\); got -0.1"),
+        ({"loss_type": "sympo_unhinged", "sympo_reward_clip": None}, "'sympo_unhinged' is unbounded below"),
+        ({"loss_type": ["sft", "sympo_unhinged"], "sympo_reward_clip": "none"}, "'sympo_unhinged' is unbounded"),
     ],
 )
 def test_bad_hyperparameters_are_rejected_at_construction(tmp_path, overrides, match):
@@ -64,7 +70,7 @@ def test_reward_clip_can_be_disabled(tmp_path):
 
 
 def test_label_smoothing_with_sigmoid_warns_that_trl_ignores_it(tmp_path):
-    with pytest.warns(UserWarning, match="no effect with loss_type 'sigmoid'.*'robust'"):
+    with pytest.warns(UserWarning, match="no effect with loss_type 'sigmoid'.*Use loss_type 'cdpo'.*'robust'"):
         train_args(tmp_path, loss_type="sigmoid", label_smoothing=0.1)
 
 

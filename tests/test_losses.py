@@ -6,9 +6,23 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from trl_robust.losses import ropo_loss, sympo_ramp_loss, sympo_sigmoid_loss
+from trl_robust.losses import (
+    cdpo_loss,
+    drdpo_loss,
+    ropo_loss,
+    sympo_ramp_loss,
+    sympo_sigmoid_loss,
+    sympo_unhinged_loss,
+)
 
-ALL_LOSSES = {"ropo": ropo_loss, "sympo_sigmoid": sympo_sigmoid_loss, "sympo_ramp": sympo_ramp_loss}
+ALL_LOSSES = {
+    "ropo": ropo_loss,
+    "sympo_sigmoid": sympo_sigmoid_loss,
+    "sympo_ramp": sympo_ramp_loss,
+    "sympo_unhinged": sympo_unhinged_loss,
+    "cdpo": lambda z: cdpo_loss(z, epsilon=0.1),
+    "drdpo": drdpo_loss,
+}
 
 
 def grad_weight(fn, z, **kwargs):
@@ -41,12 +55,59 @@ def test_sympo_ramp_loss_matches_hand_computed_values():
     assert_close(sympo_ramp_loss(z), torch.tensor([0.5, 0.25, 0.75, 0.0, 1.0]))
 
 
-@pytest.mark.parametrize("name", ["sympo_sigmoid", "sympo_ramp"])
-def test_sympo_losses_are_symmetric(name):
-    # ℓ(z) + ℓ(−z) = 1 is the property that makes symmetric label noise harmless.
+def test_sympo_unhinged_loss_matches_hand_computed_values():
+    # 1 − z: z=0 → 1, z=2 → −1, z=−3 → 4; its gradient weight is 1 everywhere.
+    z = torch.tensor([0.0, 2.0, -3.0], dtype=torch.float64)
+    assert_close(sympo_unhinged_loss(z), torch.tensor([1.0, -1.0, 4.0], dtype=torch.float64))
+    assert_close(grad_weight(sympo_unhinged_loss, z), torch.ones(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name, total", [("sympo_sigmoid", 1.0), ("sympo_ramp", 1.0), ("sympo_unhinged", 2.0)])
+def test_sympo_losses_are_symmetric(name, total):
+    # ℓ(z) + ℓ(−z) = constant is the property that makes symmetric label noise harmless.
     z = torch.linspace(-30, 30, 601, dtype=torch.float64)
     fn = ALL_LOSSES[name]
-    assert_close(fn(z) + fn(-z), torch.ones_like(z))
+    assert_close(fn(z) + fn(-z), torch.full_like(z, total))
+
+
+def test_cdpo_loss_matches_hand_computed_values():
+    # ε = 0.1: 0.9·ln(1+e^−z) + 0.1·ln(1+e^z)
+    # z = 0:  (0.9 + 0.1)·ln 2                        = 0.693147
+    # z = 2:  0.9·0.126928 + 0.1·2.126928              = 0.326928
+    # z = −2: 0.9·2.126928 + 0.1·0.126928              = 1.926928
+    z = torch.tensor([0.0, 2.0, -2.0], dtype=torch.float64)
+    assert_close(cdpo_loss(z, epsilon=0.1), torch.tensor([0.693147, 0.326928, 1.926928], dtype=torch.float64), atol=1e-6, rtol=0)
+    # ε = 0 is DPO's −log σ(z).
+    assert_close(cdpo_loss(z), -torch.nn.functional.logsigmoid(z))
+
+
+def test_cdpo_gradient_weight_vanishes_at_a_finite_margin():
+    # w(z) = 0.9·σ(−z) − 0.1·σ(z): 0.4 at z = 0, zero at z* = ln(0.9/0.1) = ln 9, negative beyond (pushes back).
+    z = torch.tensor([0.0, math.log(9.0), 5.0], dtype=torch.float64)
+    w = grad_weight(cdpo_loss, z, epsilon=0.1)
+    assert_close(w[0].item(), 0.4, atol=1e-12, rtol=0)
+    assert_close(w[1].item(), 0.0, atol=1e-12, rtol=0)
+    assert w[2].item() < 0
+
+
+def test_drdpo_loss_matches_hand_computed_values():
+    # With ℓᵢ = −log σ(zᵢ), exp(−ℓᵢ/β′) = σ(zᵢ)^(1/β′), so L = −β′·log mean σ(zᵢ)^(1/β′).
+    # z = (2, 0), β′ = 1: −log((0.880797 + 0.5)/2)                  = −log 0.690399 = 0.370486
+    # z = (2, 0), β′ = 2: −2·log((√0.880797 + √0.5)/2) = −2·log 0.822807 = 0.390066
+    z = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    assert_close(drdpo_loss(z), torch.full((2,), 0.370486, dtype=torch.float64), atol=1e-6, rtol=0)
+    assert_close(drdpo_loss(z, beta_prime=2.0), torch.full((2,), 0.390066, dtype=torch.float64), atol=1e-6, rtol=0)
+    # Its mean over the pairs is the batch objective; with every pair alike it is DPO's loss.
+    assert_close(drdpo_loss(torch.zeros(4, dtype=torch.float64)), torch.full((4,), math.log(2), dtype=torch.float64))
+    # β′ → ∞ is DPO: the mean of −log σ(zᵢ) = (0.126928 + 0.693147)/2 = 0.410038
+    assert_close(drdpo_loss(z, beta_prime=1e6)[0].item(), 0.410038, atol=1e-5, rtol=0)
+
+
+def test_drdpo_gradient_weight_down_weights_the_contradicted_pairs():
+    # wᵢ = n·softmax(−ℓ/β′)ᵢ·σ(−zᵢ); β′ = 1, z = (2, 0): softmax = σ(zᵢ)/Σσ = (0.637890, 0.362110),
+    # w = 2·0.637890·0.119203 = 0.152077 and 2·0.362110·0.5 = 0.362110 (DPO: 0.119203 and 0.5).
+    z = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    assert_close(grad_weight(drdpo_loss, z), torch.tensor([0.152077, 0.362110], dtype=torch.float64), atol=1e-6, rtol=0)
 
 
 def test_ropo_is_not_symmetric_but_tends_to_four_times_sympo_sigmoid():
@@ -93,14 +154,20 @@ def test_losses_stay_finite_at_extreme_margins(name, dtype):
     assert loss.dtype == dtype and loss.shape == z.shape
     assert torch.isfinite(loss).all(), loss
     assert torch.isfinite(grad).all(), grad
-    # Values are bounded where the math says so (ROPO's DPO term grows linearly: ≈ c·|z| for z ≪ 0).
-    if name != "ropo":
+    # Values are bounded where the math says so; the unbounded ones grow linearly at the extremes, as the formula says.
+    if name in ("sympo_sigmoid", "sympo_ramp"):
         assert (loss >= 0).all() and (loss <= 1).all()
-    else:
+    elif name == "ropo":  # ≈ c·|z| for z ≪ 0
         assert loss[0].float().item() == pytest.approx(56 / 225 * 1e4 + 784 / 225, rel=1e-2)
+    elif name == "sympo_unhinged":
+        assert loss[0].float().item() == pytest.approx(1 + 1e4, rel=1e-2)
+    elif name == "cdpo":  # ≈ 0.9·|z| for z ≪ 0 and 0.1·z for z ≫ 0
+        assert (loss[0].float().item(), loss[-1].float().item()) == pytest.approx((0.9e4, 0.1e4), rel=1e-2)
+    else:  # drdpo: −log mean σ(zᵢ), σ summing to 0 + 0 + 0 + 0.268941 + 0.5 + 0.731059 + 1 + 1 + 1 = 4.5 over 9
+        assert loss[0].float().item() == pytest.approx(math.log(2), rel=2e-2)
 
 
 @pytest.mark.parametrize("name", sorted(ALL_LOSSES))
-def test_losses_keep_the_input_shape(name):
+def test_losses_keep_the_input_shape(name):  # (drdpo's value is the batch objective, repeated)
     z = torch.randn(3, 5)
     assert ALL_LOSSES[name](z).shape == (3, 5)

@@ -31,7 +31,7 @@ def test_available_loss_types_lists_trl_builtins_then_registered():
     builtins = list(trl_builtin_loss_types())
     assert names[: len(builtins)] == builtins
     assert {"sigmoid", "ipo", "robust", "hinge", "sft"} <= set(builtins)
-    assert names[len(builtins) :] == ["ropo", "sympo_sigmoid", "sympo_ramp"]
+    assert names[len(builtins) :] == ["ropo", "sympo_sigmoid", "sympo_ramp", "sympo_unhinged", "cdpo", "drdpo"]
 
 
 def test_builtin_names_are_read_from_the_installed_trl_source():

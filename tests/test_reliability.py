@@ -12,6 +12,7 @@ from trl_robust import RobustDPOTrainer
 from .conftest import first_batch, perturb_, train_args
 
 ROBUST = ["ropo", "sympo_sigmoid", "sympo_ramp"]
+ALL_ROBUST = [*ROBUST, "sympo_unhinged", "cdpo", "drdpo"]
 
 
 def load(path, dtype=torch.float32):
@@ -22,7 +23,7 @@ def load(path, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("loss_type", ROBUST)
+@pytest.mark.parametrize("loss_type", ALL_ROBUST)
 def test_a_training_step_at_margins_in_the_thousands_has_finite_loss_and_gradients(
     tiny_model_path, preference_dataset, tmp_path, loss_type, dtype
 ):
@@ -30,7 +31,8 @@ def test_a_training_step_at_margins_in_the_thousands_has_finite_loss_and_gradien
     # overflows there (exp(1000) = inf), and float16 tops out at 65504.
     policy, reference = load(tiny_model_path, dtype), load(tiny_model_path, dtype)
     perturb_(policy, seed=3, scale=1.0)
-    args = train_args(tmp_path, loss_type=loss_type, beta=100.0, sympo_reward_clip=None)
+    clip = 10.0 if loss_type == "sympo_unhinged" else None  # unhinged is refused without its clip; others go unclipped
+    args = train_args(tmp_path, loss_type=loss_type, beta=100.0, sympo_reward_clip=clip, label_smoothing=0.1)
     trainer = RobustDPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=preference_dataset)
 
     trainer.model.train()  # as `Trainer.training_step` does (from_pretrained returns a model in eval mode)

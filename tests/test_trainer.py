@@ -16,13 +16,21 @@ from trl_robust import RobustDPOConfig, RobustDPOTrainer
 from .conftest import first_batch, independent_logps, perturb_, train_args
 
 ROBUST = ["ropo", "sympo_sigmoid", "sympo_ramp"]
+MORE_ROBUST = ["sympo_unhinged", "cdpo", "drdpo"]
 
 
 # Plain reference formulas, written independently of trl_robust.losses.
-def reference_loss(name, z, alpha=14.0):
+def reference_loss(name, z, alpha=14.0, epsilon=0.0, beta_prime=1.0):
     if name == "ropo":
         c = 4 * alpha / (1 + alpha) ** 2
         return c * torch.log1p(torch.exp(-z)) + c * alpha / (1 + torch.exp(z))
+    if name == "sympo_unhinged":
+        return 1 - z
+    if name == "cdpo":
+        return (1 - epsilon) * torch.log1p(torch.exp(-z)) + epsilon * torch.log1p(torch.exp(z))
+    if name == "drdpo":  # the batch objective, repeated per pair
+        dpo = torch.log1p(torch.exp(-z))
+        return (-beta_prime * torch.log(torch.exp(-dpo / beta_prime).mean())).expand_as(z)
     if name == "sympo_sigmoid":
         return 1 / (1 + torch.exp(z))
     if name == "sympo_ramp":
@@ -30,8 +38,15 @@ def reference_loss(name, z, alpha=14.0):
     raise KeyError(name)
 
 
-def reference_grad_weight(name, z, alpha=14.0):
+def reference_grad_weight(name, z, alpha=14.0, epsilon=0.0, beta_prime=1.0):
     s = 1 / (1 + torch.exp(-z))  # σ(z)
+    if name == "sympo_unhinged":
+        return torch.ones_like(z)
+    if name == "cdpo":
+        return (1 - epsilon) * (1 - s) - epsilon * s
+    if name == "drdpo":  # n · softmax(−ℓ/β′) · σ(−z), with exp(−ℓ/β′) = σ(z)^(1/β′)
+        share = s ** (1 / beta_prime) / (s ** (1 / beta_prime)).sum()
+        return len(z) * share * (1 - s)
     if name == "ropo":
         c = 4 * alpha / (1 + alpha) ** 2
         return c * (1 - s) * (1 + alpha * s)
@@ -52,13 +67,13 @@ def logged(trainer, key):
 
 
 @pytest.mark.parametrize("dataset_kind", ["standard", "conversational"])
-@pytest.mark.parametrize("loss_type", ROBUST)
+@pytest.mark.parametrize("loss_type", ROBUST + MORE_ROBUST)
 def test_training_changes_every_trainable_parameter(
     tiny_model_path, preference_dataset, conversational_dataset, tmp_path, loss_type, dataset_kind
 ):
     dataset = preference_dataset if dataset_kind == "standard" else conversational_dataset
     trainer = RobustDPOTrainer(
-        model=tiny_model_path, args=train_args(tmp_path, loss_type=loss_type), train_dataset=dataset
+        model=tiny_model_path, args=train_args(tmp_path, loss_type=loss_type, label_smoothing=0.1), train_dataset=dataset
     )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
@@ -77,6 +92,9 @@ def test_training_changes_every_trainable_parameter(
         ("sympo_sigmoid", {"beta": 2.0}),
         ("sympo_sigmoid", {"beta": 2.0, "sympo_reward_clip": 0.05}),  # tight clip: most pairs clipped
         ("sympo_ramp", {"beta": 2.0, "sympo_reward_clip": None}),
+        ("sympo_unhinged", {"beta": 2.0, "sympo_reward_clip": 0.05}),
+        ("cdpo", {"beta": 2.0, "label_smoothing": 0.2}),
+        ("drdpo", {"beta": 2.0, "drdpo_beta_prime": 0.5}),
     ],
 )
 def test_loss_and_metrics_match_independent_computation(tiny_model_path, preference_dataset, tmp_path, loss_type, overrides):
@@ -99,12 +117,13 @@ def test_loss_and_metrics_match_independent_computation(tiny_model_path, prefere
         z = chosen_reward.clamp(-clip, clip) - rejected_reward.clamp(-clip, clip)
     else:
         z = chosen_reward - rejected_reward
-    expected_loss = reference_loss(loss_type, z, alpha=args.ropo_alpha).mean()
+    hyperparameters = dict(alpha=args.ropo_alpha, epsilon=args.label_smoothing, beta_prime=args.drdpo_beta_prime)
+    expected_loss = reference_loss(loss_type, z, **hyperparameters).mean()
     assert_close(loss.double().item(), expected_loss.item(), atol=2e-5, rtol=2e-5)
 
     metrics = trainer._metrics["train"]
     assert metrics["rewards/margins"][-1] == pytest.approx((chosen_reward - rejected_reward).mean().item(), abs=2e-5)
-    weight = reference_grad_weight(loss_type, z, alpha=args.ropo_alpha)
+    weight = reference_grad_weight(loss_type, z, **hyperparameters)
     assert metrics[f"{loss_type}/grad_weight"][-1] == pytest.approx(weight.mean().item(), abs=1e-5)
     assert metrics[f"{loss_type}/grad_weight_vs_dpo"][-1] == pytest.approx(
         (weight.sum() / torch.sigmoid(-z).sum()).item(), rel=1e-4

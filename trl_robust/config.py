@@ -28,7 +28,12 @@ class RobustDPOConfig(DPOConfig):
     sympo_reward_clip (`float` or `None`, *optional*, defaults to `10.0`):
         Used by the `sympo_*` losses (Nishimori et al., 2025, arXiv 2505.24709): each side's reward β·score is
         clamped to [−c, c] before the chosen-minus-rejected difference, as in the SymPO authors' code. Must be
-        > 0; `None` disables clipping.
+        > 0; `None` disables clipping (not allowed with `sympo_unhinged`, which is unbounded without it).
+    drdpo_beta_prime (`float`, *optional*, defaults to `1.0`):
+        β′ of Dr. DPO (Wu et al., arXiv 2407.07880), used with `loss_type='drdpo'`: the temperature of the
+        weighting over the pairs of a batch. Must be > 0; large β′ approaches DPO.
+
+    `loss_type='cdpo'` (conservative DPO) takes its ε from TRL's `label_smoothing`, which must then be in [0, 0.5).
     """
 
     ropo_alpha: float = field(
@@ -49,6 +54,14 @@ class RobustDPOConfig(DPOConfig):
         },
     )
 
+    drdpo_beta_prime: float = field(
+        default=1.0,
+        metadata={
+            "help": "β′ of Dr. DPO (Wu et al., arXiv 2407.07880), used with `loss_type='drdpo'`: temperature of the "
+            "weighting over the pairs of a batch. Must be > 0 (the paper uses 1); large β′ approaches DPO."
+        },
+    )
+
     def __post_init__(self):
         if isinstance(self.sympo_reward_clip, str):  # from the command line
             text = self.sympo_reward_clip.strip().lower()
@@ -63,7 +76,7 @@ class RobustDPOConfig(DPOConfig):
 
 
 # Defaults of the added fields, for trainers given a plain `trl.DPOConfig`.
-ROBUST_DEFAULTS = {f.name: f.default for f in fields(RobustDPOConfig) if f.name in ("ropo_alpha", "sympo_reward_clip")}
+ROBUST_DEFAULTS = {f.name: f.default for f in fields(RobustDPOConfig) if f.name in ("ropo_alpha", "sympo_reward_clip", "drdpo_beta_prime")}
 
 
 def robust_hyperparameter(args, name: str):
@@ -106,6 +119,15 @@ def validate_robust_args(args) -> None:
     _require_finite("ropo_alpha", alpha)
     if alpha <= 0:
         raise ValueError(f"`ropo_alpha` must be > 0 (the ROPO paper uses 14), got {alpha}.")
+    beta_prime = robust_hyperparameter(args, "drdpo_beta_prime")
+    _require_finite("drdpo_beta_prime", beta_prime)
+    if beta_prime <= 0:
+        raise ValueError(f"`drdpo_beta_prime` must be > 0 (the Dr. DPO paper uses 1), got {beta_prime}.")
+    if "cdpo" in loss_types and not 0 <= args.label_smoothing < 0.5:
+        raise ValueError(
+            f"loss_type 'cdpo' takes ε, the assumed flip rate, from `label_smoothing`, which must be in [0, 0.5); "
+            f"got {args.label_smoothing}."
+        )
     clip = robust_hyperparameter(args, "sympo_reward_clip")
     if clip is not None:
         _require_finite("sympo_reward_clip", clip)
@@ -117,6 +139,11 @@ def validate_robust_args(args) -> None:
 
     registered = [get_loss_spec(t) for t in loss_types if get_loss_spec(t) is not None]
     for spec in registered:
+        if spec.requires_reward_clip and clip is None:
+            raise ValueError(
+                f"Loss type {spec.name!r} is unbounded below without SymPO's reward clip: set `sympo_reward_clip` to a "
+                "positive number (the SymPO authors use 10) instead of None."
+            )
         for kwarg, attr in spec.hyperparameters.items():
             if not hasattr(args, attr) and attr not in ROBUST_DEFAULTS:
                 raise ValueError(
@@ -133,8 +160,9 @@ def validate_robust_args(args) -> None:
     if "sigmoid" in loss_types and args.label_smoothing > 0:
         warnings.warn(
             f"`label_smoothing={args.label_smoothing}` has no effect with loss_type 'sigmoid': TRL ignores it since "
-            "v0.29 (conservative DPO was removed). For noisy labels use loss_type 'robust' (rDPO, with "
-            "label_smoothing = the flip rate) or a noise-robust loss such as 'ropo' or 'sympo_sigmoid'.",
+            "v0.29 (conservative DPO was removed). Use loss_type 'cdpo' for conservative DPO with this label_smoothing; "
+            "for noisy labels also 'robust' (rDPO, with label_smoothing = the flip rate) or a noise-robust loss such "
+            "as 'ropo' or 'sympo_sigmoid'.",
             UserWarning,
             stacklevel=3,
         )

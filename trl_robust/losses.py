@@ -15,6 +15,8 @@ All functions are written so that values and gradients stay finite for |z| up to
 and float16: −log σ(z) is `softplus(−z)`, σ(−z) is `torch.sigmoid(−z)`, and nothing is exponentiated.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -78,3 +80,65 @@ def sympo_ramp_loss(z: torch.Tensor) -> torch.Tensor:
         w(z) = 1/2 for |z| < 1, and 0 for |z| > 1 (the pair is "saturated" and contributes nothing)
     """
     return torch.clamp((1.0 - z) / 2.0, min=0.0, max=1.0)
+
+
+def sympo_unhinged_loss(z: torch.Tensor) -> torch.Tensor:
+    r"""SymPO with the unhinged loss: linear in the margin, so every pair pulls equally hard.
+
+    Paper: Nishimori et al., 2025, arXiv 2505.24709 — the SymPO objective with the unhinged loss
+    (van Rooyen et al., "Learning with Symmetric Label Noise: The Importance of Being Unhinged", NeurIPS 2015).
+
+    Formula:
+        ℓ(z) = 1 − z            symmetric: ℓ(z) + ℓ(−z) = 2
+
+    Gradient weight:
+        w(z) = 1 for every z (0 only where SymPO's reward clip holds a side at its bound)
+
+    Unbounded below: without a bound on the margin the minimiser is z → +∞, so the trainer only accepts it with
+    `sympo_reward_clip` set (the margin then lies in [−2c, 2c]).
+    """
+    return 1.0 - z
+
+
+def cdpo_loss(z: torch.Tensor, epsilon: float = 0.0) -> torch.Tensor:
+    r"""Conservative DPO (cDPO): DPO with label smoothing, for labels flipped with probability ε.
+
+    Source: Mitchell, "A note on DPO with noisy preferences & relationship to IPO", 2023
+    (https://ericmitchell.ai/cdpo.pdf); TRL's `sigmoid` loss computed it from `label_smoothing` until v0.29,
+    when it silently started to ignore `label_smoothing`.
+
+    Formula:
+        ℓ(z) = −(1 − ε) · log σ(z) − ε · log σ(−z)
+
+    Gradient weight:
+        w(z) = (1 − ε) · σ(−z) − ε · σ(z)     zero at z* = log((1 − ε)/ε), negative beyond it
+
+    So, unlike DPO, it stops pushing a margin once it reaches z*: the loss's minimum is at a finite margin.
+    ε = 0 is DPO. ε must be in [0, 0.5).
+    """
+    return (1.0 - epsilon) * F.softplus(-z) + epsilon * F.softplus(z)
+
+
+def drdpo_loss(z: torch.Tensor, beta_prime: float = 1.0) -> torch.Tensor:
+    r"""Dr. DPO: distributionally robust DPO over the pairs of a batch.
+
+    Paper: Wu et al., "Towards Robust Alignment of Language Models: Distributionally Robustifying Direct
+    Preference Optimization", arXiv 2407.07880 — the Dr. DPO objective.
+
+    Formula (over all n pairs passed in, with ℓᵢ = −log σ(zᵢ) the DPO loss of pair i):
+        L = −β′ · log( (1/n) Σᵢ exp(−ℓᵢ / β′) )
+
+    Returned as a tensor of the input's shape filled with L, so the trainer's mean over pairs is L itself.
+    Unlike every other loss here it COUPLES the pairs: the loss of one pair depends on the others in the batch
+    (per process and per micro-batch under gradient accumulation, as in the paper's code).
+
+    Gradient weight of pair i (relative to DPO's 1/n per pair, i.e. −n · ∂L/∂zᵢ):
+        wᵢ = n · softmax(−ℓ/β′)ᵢ · σ(−zᵢ)
+
+    Pairs the model contradicts (large ℓᵢ) get exponentially less weight; β′ → ∞ gives DPO, small β′ trusts only
+    the easiest pairs. β′ must be > 0 (the paper uses 1).
+    """
+    per_pair = F.softplus(-z)
+    n = per_pair.numel()
+    objective = -beta_prime * (torch.logsumexp(-per_pair.flatten() / beta_prime, dim=0) - math.log(n))
+    return objective.expand_as(z)

@@ -44,6 +44,8 @@ class LossSpec:
         hyperparameters: keyword of `fn` → name of the config attribute that supplies it.
         uses_reward_clip: if true, each side's reward β·score is clamped to
             [−sympo_reward_clip, sympo_reward_clip] before the margin is formed (SymPO's reward clipping).
+        requires_reward_clip: the loss is unbounded without the clip; a config with `sympo_reward_clip=None` is
+            refused.
         paper: the paper behind the loss (for the model card and the README).
     """
 
@@ -51,6 +53,7 @@ class LossSpec:
     fn: Callable[..., torch.Tensor]
     hyperparameters: Mapping[str, str] = field(default_factory=dict)
     uses_reward_clip: bool = False
+    requires_reward_clip: bool = False
     paper: Paper | None = None
 
 
@@ -64,6 +67,7 @@ def register_loss(
     *,
     hyperparameters: Mapping[str, str] | None = None,
     uses_reward_clip: bool = False,
+    requires_reward_clip: bool = False,
     paper: Paper | None = None,
 ) -> LossSpec:
     """Register a new `loss_type`.
@@ -73,6 +77,8 @@ def register_loss(
         fn: per-pair loss of the scaled margin z (see `LossSpec.fn`). Must be differentiable in z.
         hyperparameters: keyword of `fn` → config attribute name supplying its value.
         uses_reward_clip: apply SymPO-style reward clipping (`sympo_reward_clip`) before the margin.
+        requires_reward_clip: refuse configs that disable the clip (for losses unbounded without it); implies
+            `uses_reward_clip`.
         paper: the paper to cite in model cards.
 
     Returns:
@@ -101,7 +107,8 @@ def register_loss(
         name=name,
         fn=fn,
         hyperparameters=MappingProxyType(dict(hyperparameters or {})),
-        uses_reward_clip=uses_reward_clip,
+        uses_reward_clip=uses_reward_clip or requires_reward_clip,
+        requires_reward_clip=requires_reward_clip,
         paper=paper,
     )
     _REGISTRY[name] = spec
@@ -168,7 +175,24 @@ SYMPO_PAPER = Paper(
         }"""),
 )
 
+DRDPO_PAPER = Paper(
+    title="Towards Robust Alignment of Language Models: Distributionally Robustifying Direct Preference Optimization",
+    arxiv_id="2407.07880",
+    citation=textwrap.dedent("""\
+        @inproceedings{wu2025drdpo,
+            title        = {{Towards Robust Alignment of Language Models: Distributionally Robustifying Direct Preference Optimization}},
+            author       = {Junkang Wu and Yuexiang Xie and Zhengyi Yang and Jiancan Wu and Jiawei Chen and Jinyang Gao and Bolin Ding and Xiang Wang and Xiangnan He},
+            year         = 2025,
+            booktitle    = {The Thirteenth International Conference on Learning Representations, ICLR 2025},
+            eprint       = {arXiv:2407.07880},
+        }"""),
+)
+
 # The package's own losses go through the public function, exactly as a third party's would.
 register_loss("ropo", losses.ropo_loss, hyperparameters={"alpha": "ropo_alpha"}, paper=ROPO_PAPER)
 register_loss("sympo_sigmoid", losses.sympo_sigmoid_loss, uses_reward_clip=True, paper=SYMPO_PAPER)
 register_loss("sympo_ramp", losses.sympo_ramp_loss, uses_reward_clip=True, paper=SYMPO_PAPER)
+register_loss("sympo_unhinged", losses.sympo_unhinged_loss, requires_reward_clip=True, paper=SYMPO_PAPER)
+# cDPO has no arXiv paper (a note by the DPO authors), so its model card cites DPO, which TRL always does.
+register_loss("cdpo", losses.cdpo_loss, hyperparameters={"epsilon": "label_smoothing"})
+register_loss("drdpo", losses.drdpo_loss, hyperparameters={"beta_prime": "drdpo_beta_prime"}, paper=DRDPO_PAPER)
