@@ -89,12 +89,22 @@ def training_log(out: Path) -> list[dict]:
     return json.loads(state_file.read_text())["log_history"]
 
 
-@pytest.mark.parametrize("loss_type", ["ropo", "sympo_sigmoid", "sympo_ramp"])
-def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_path, loss_type):
+@pytest.mark.parametrize(
+    "loss_type, extra",
+    [
+        ("ropo", {}),
+        ("sympo_sigmoid", {}),
+        ("sympo_ramp", {}),
+        # ROPO's filter ranks the global batch: a rank-local choice (2 of each rank's 8) would differ from the
+        # single process's (4 of 16) — at the first step all margins tie and it takes the first 4, all on rank 0.
+        ("ropo", {"ropo_filter_ratio": 0.25, "ropo_filter_warmup_steps": 0, "flip_rate": 0.25}),
+    ],
+)
+def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_path, loss_type, extra):
     # On a machine without GPUs accelerate starts one process for `--num_processes 2` alone; `multi_gpu: true` makes
     # it two torch.distributed (gloo) ranks. A YAML on/off flag is also what `trl dpo` cannot pass (it writes
     # `--multi_gpu True`), so this checks that path too.
-    recipe = {**yaml.safe_load(TINY_RECIPE.read_text()), "loss_type": loss_type, "logging_steps": 1}
+    recipe = {**yaml.safe_load(TINY_RECIPE.read_text()), "loss_type": loss_type, "logging_steps": 1, **extra}
     two = write_yaml(tmp_path / "two.yaml", {**recipe, "num_processes": 2, "multi_gpu": True})
     one = write_yaml(tmp_path / "one.yaml", {**recipe, "per_device_train_batch_size": 16, "per_device_eval_batch_size": 16})
     results = {}
@@ -108,10 +118,11 @@ def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_pat
     # The same global batch of 16 at every step: each rank's 8 pairs are half of the single process's 16. The added
     # metrics match at every logged step only if they are computed over both ranks' pairs (a rank-local value would
     # describe 8 of the 16), and the loss and the final weights match only if training is the same.
-    compared = ["loss", *(f"{loss_type}/{m}" for m in ("grad_weight", "grad_weight_vs_dpo", "negative_margin_frac"))]
-    compared += [f"eval_{loss_type}/grad_weight", "eval_loss"]
+    metrics = ["grad_weight", "grad_weight_vs_dpo", "negative_margin_frac"]
+    metrics += ["filtered_frac", "filter_precision"] if extra else []
+    compared = ["loss", *(f"{loss_type}/{m}" for m in metrics), f"eval_{loss_type}/grad_weight", "eval_loss"]
     rows = {name: {(entry["step"], key): entry[key] for entry in log for key in compared if key in entry} for name, log in results.items()}
-    assert rows["two"].keys() == rows["one"].keys() and len(rows["one"]) == 8 * 4 + 2
+    assert rows["two"].keys() == rows["one"].keys() and len(rows["one"]) == 8 * (len(metrics) + 1) + 2
     for key, value in rows["one"].items():
         assert rows["two"][key] == pytest.approx(value, rel=1e-3, abs=1e-5), key
     final = {name: AutoModelForCausalLM.from_pretrained(tmp_path / name).state_dict() for name in results}

@@ -37,8 +37,14 @@ def test_recipe_parses_at_the_papers_defaults(recipe):
     assert config.beta == 0.1
     if loss_type == "ropo":
         assert config.ropo_alpha == 14.0
+    elif loss_type == "cdpo":
+        assert 0 < config.label_smoothing < 0.5
+    elif loss_type == "drdpo":
+        assert config.drdpo_beta_prime == 1.0
     else:
         assert config.sympo_reward_clip == 10.0
+    if recipe.stem == "ropo_filter":
+        assert config.ropo_filter_ratio > 0 and config.ropo_filter_warmup_steps > 0
     assert args.launch_args == []  # single-process recipes: nothing for `accelerate launch`
 
 

@@ -117,9 +117,17 @@ class Interrupt(TrainerCallback):
             raise KeyboardInterrupt(f"interrupted at step {state.global_step}")
 
 
-@pytest.mark.parametrize("loss_type", ["ropo", "sympo_ramp"])
+@pytest.mark.parametrize(
+    "loss_type, extra",
+    [
+        ("ropo", {}),
+        ("sympo_ramp", {}),
+        # ROPO's filter starts after a warm-up that straddles the checkpoint: the resumed run must count on from it.
+        ("ropo", {"ropo_filter_ratio": 0.25, "ropo_filter_warmup_steps": 4}),
+    ],
+)
 def test_a_run_resumed_from_a_checkpoint_ends_like_an_uninterrupted_run(
-    tiny_model_path, preference_dataset, tmp_path, loss_type
+    tiny_model_path, preference_dataset, tmp_path, loss_type, extra
 ):
     def run(output_dir, resume=None, callbacks=()):
         args = train_args(
@@ -131,6 +139,7 @@ def test_a_run_resumed_from_a_checkpoint_ends_like_an_uninterrupted_run(
             lr_scheduler_type="linear",  # scheduler and optimizer state must come back from the checkpoint too
             save_strategy="steps",
             save_steps=3,
+            **extra,
         )
         trainer = RobustDPOTrainer(
             model=tiny_model_path, args=args, train_dataset=preference_dataset, callbacks=list(callbacks)
@@ -154,8 +163,11 @@ def test_a_run_resumed_from_a_checkpoint_ends_like_an_uninterrupted_run(
     full, again = by_step(uninterrupted), by_step(resumed)
     assert sorted(full) == sorted(again) == [1, 2, 3, 4, 5, 6]
     for step in (4, 5, 6):
-        for key in ("loss", f"{loss_type}/grad_weight", f"{loss_type}/negative_margin_frac", "rewards/margins"):
+        keys = ["loss", f"{loss_type}/grad_weight", f"{loss_type}/negative_margin_frac", "rewards/margins"]
+        for key in keys + ([f"{loss_type}/filtered_frac"] if extra else []):
             assert again[step][key] == pytest.approx(full[step][key], rel=1e-4, abs=1e-6), (step, key)
+    if extra:
+        assert [full[step][f"{loss_type}/filtered_frac"] for step in range(1, 7)] == [0, 0, 0, 0, 0.25, 0.25]
     for (name, p_full), (_, p_resumed) in zip(
         uninterrupted.model.named_parameters(), resumed.model.named_parameters(), strict=True
     ):

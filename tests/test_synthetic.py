@@ -73,6 +73,16 @@ def test_table_reports_mean_and_sample_std_over_seeds():
     assert "| DPO | 70.0 ± 14.1 |" in table and "| method | 20% |" in table
 
 
+def test_gap_recovered_is_measured_from_early_stopped_dpo():
+    # Early-stopped accuracies (one epoch each, so the curve is the value): DPO 0.80 clean, 0.60 at 40% flips; ROPO at
+    # 40%: 0.65 → (0.65 − 0.60)/(0.80 − 0.60) = +0.25; the filter at 40%: 0.55 → −0.25.
+    results = [result("DPO", 0.0, [0.8], [0.8], [0]), result("DPO", 0.4, [0.6], [0.6], [0]),
+               result("ROPO", 0.4, [0.65], [0.65], [0]), result("ROPO + filter (drop)", 0.4, [0.55], [0.55], [0])]
+    table = nb.gap_recovered_table(results)
+    assert "| method | 40% |" in table
+    assert "| ROPO | +0.25 |" in table and "| ROPO + filter (drop) | -0.25 |" in table
+
+
 def test_quick_benchmark_runs_end_to_end(tmp_path):
     out = tmp_path / "results"
     run = subprocess.run(

@@ -8,6 +8,7 @@ import trl
 from packaging.version import Version
 from trl import DPOConfig
 
+from .filtering import FILTER_MODES
 from .registry import available_loss_types, get_loss_spec, unknown_loss_type_error
 
 
@@ -34,6 +35,19 @@ class RobustDPOConfig(DPOConfig):
         weighting over the pairs of a batch. Must be > 0; large β′ approaches DPO.
 
     `loss_type='cdpo'` (conservative DPO) takes its ε from TRL's `label_smoothing`, which must then be in [0, 0.5).
+
+    > Parameters of ROPO's noisy-sample filtering (Liang et al., ICML 2025, arXiv 2404.04102)
+
+    ropo_filter_ratio (`float`, *optional*, defaults to `0.0`):
+        ρ in [0, 1): at every training step, the ⌊ρ·n⌋ pairs of the global batch (all processes) with the lowest
+        margin z — for ROPO exactly the largest losses — are treated as mislabeled. 0 turns filtering off. Applies
+        to the registered loss types in `loss_type` (not to TRL's built-ins), in training only (not to `eval_loss`).
+    ropo_filter_warmup_steps (`int`, *optional*, defaults to `0`):
+        Optimizer steps trained on every pair before filtering starts (the model must first learn what the
+        clean majority says).
+    ropo_filter_mode (`str`, *optional*, defaults to `"drop"`):
+        `"drop"`: suspected pairs get weight 0 and the others are rescaled so the loss stays a mean over the kept
+        pairs. `"correct"`: suspected pairs are trained with chosen and rejected swapped (self-correction).
     """
 
     ropo_alpha: float = field(
@@ -62,6 +76,26 @@ class RobustDPOConfig(DPOConfig):
         },
     )
 
+    ropo_filter_ratio: float = field(
+        default=0.0,
+        metadata={
+            "help": "ROPO's noisy-sample filtering (Liang et al., ICML 2025, arXiv 2404.04102): at each training step "
+            "the fraction ρ of the global batch with the lowest margin (largest ROPO loss) is treated as mislabeled. "
+            "In [0, 1); 0 = off. Applies to trl-robust's loss types, in training only."
+        },
+    )
+    ropo_filter_warmup_steps: int = field(
+        default=0, metadata={"help": "Optimizer steps on every pair before ROPO's filtering starts."}
+    )
+    ropo_filter_mode: str = field(
+        default="drop",
+        metadata={
+            "help": "What ROPO's filter does with a suspected pair: `drop` (weight 0, the rest rescaled) or "
+            "`correct` (train it with chosen and rejected swapped).",
+            "choices": list(FILTER_MODES),
+        },
+    )
+
     def __post_init__(self):
         if isinstance(self.sympo_reward_clip, str):  # from the command line
             text = self.sympo_reward_clip.strip().lower()
@@ -76,7 +110,7 @@ class RobustDPOConfig(DPOConfig):
 
 
 # Defaults of the added fields, for trainers given a plain `trl.DPOConfig`.
-ROBUST_DEFAULTS = {f.name: f.default for f in fields(RobustDPOConfig) if f.name in ("ropo_alpha", "sympo_reward_clip", "drdpo_beta_prime")}
+ROBUST_DEFAULTS = {f.name: f.default for f in fields(RobustDPOConfig) if f.name.startswith(("ropo_", "sympo_", "drdpo_"))}
 
 
 def robust_hyperparameter(args, name: str):
@@ -150,6 +184,7 @@ def validate_robust_args(args) -> None:
                     f"Loss type {spec.name!r} takes `{kwarg}` from the config attribute `{attr}`, which "
                     f"{type(args).__name__} does not have. Add it by subclassing `trl_robust.RobustDPOConfig`."
                 )
+    _validate_filtering(args, registered)
     if registered and getattr(args, "use_liger_kernel", False) and Version(trl.__version__) < Version("1.14"):
         raise ValueError(
             f"`use_liger_kernel=True` makes TRL {trl.__version__} compute the DPO loss in Liger's fused kernel, which "
@@ -165,4 +200,30 @@ def validate_robust_args(args) -> None:
             "as 'ropo' or 'sympo_sigmoid'.",
             UserWarning,
             stacklevel=3,
+        )
+
+
+def _validate_filtering(args, registered) -> None:
+    ratio = robust_hyperparameter(args, "ropo_filter_ratio")
+    _require_finite("ropo_filter_ratio", ratio)
+    if not 0 <= ratio < 1:
+        raise ValueError(f"`ropo_filter_ratio` must be in [0, 1) (the share of each batch to distrust), got {ratio}.")
+    warmup = robust_hyperparameter(args, "ropo_filter_warmup_steps")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"`ropo_filter_warmup_steps` must be a whole number >= 0, got {warmup!r}.")
+    mode = robust_hyperparameter(args, "ropo_filter_mode")
+    if mode not in FILTER_MODES:
+        raise ValueError(f"`ropo_filter_mode` must be one of {list(FILTER_MODES)}, got {mode!r}.")
+    if ratio == 0:
+        return
+    if not registered:
+        raise ValueError(
+            f"`ropo_filter_ratio={ratio}` filters the pairs of trl-robust's loss types, and loss_type "
+            f"{_loss_types(args)} has none. Use e.g. loss_type 'ropo' (the ROPO framework's loss)."
+        )
+    coupled = [spec.name for spec in registered if spec.couples_batch]
+    if coupled:
+        raise ValueError(
+            f"`ropo_filter_ratio` cannot be combined with {coupled}: it computes one objective over the whole batch, "
+            "so there is no per-pair loss to drop or correct (Dr. DPO already down-weights contradicted pairs)."
         )

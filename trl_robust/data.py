@@ -22,6 +22,8 @@ import numpy as np
 from datasets import Dataset, IterableDataset, Value
 
 FLIP_MODES = ("symmetric", "prefer_longer")
+# The column `flip_preferences` records flipped rows in; ROPO's filter reports its precision against it.
+FLIP_COLUMN = "label_flipped"
 
 
 def response_length(response: str | list[dict[str, Any]]) -> int:
@@ -52,7 +54,7 @@ def flip_preferences(
     *,
     seed: int = 0,
     mode: str | Callable[[dict[str, Any]], bool] = "symmetric",
-    column: str = "label_flipped",
+    column: str = FLIP_COLUMN,
 ) -> Dataset:
     """Return a copy of a preference dataset with chosen and rejected swapped on a random subset of pairs.
 

@@ -19,14 +19,21 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-# Methods compared: display name -> (loss_type, uses the true flip rate as label_smoothing)
+# ROPO's filter in the benchmark: ρ = 0.2 whatever the true flip rate (a user does not know it; not tuned), starting
+# after `Setting.filter_warmup_epochs`, when DPO's clean accuracy has peaked on this task and the model agrees with
+# the clean majority.
+FILTER = {"ropo_filter_ratio": 0.2}
+
+# Methods compared: display name -> (loss_type, uses the true flip rate as label_smoothing, other config fields)
 METHODS = {
-    "DPO": ("sigmoid", False),
-    "rDPO": ("robust", True),
-    "IPO": ("ipo", False),
-    "ROPO": ("ropo", False),
-    "SymPO-sigmoid": ("sympo_sigmoid", False),
-    "SymPO-ramp": ("sympo_ramp", False),
+    "DPO": ("sigmoid", False, {}),
+    "rDPO": ("robust", True, {}),
+    "IPO": ("ipo", False, {}),
+    "ROPO": ("ropo", False, {}),
+    "SymPO-sigmoid": ("sympo_sigmoid", False, {}),
+    "SymPO-ramp": ("sympo_ramp", False, {}),
+    "ROPO + filter (drop)": ("ropo", False, {**FILTER, "ropo_filter_mode": "drop"}),
+    "ROPO + filter (correct)": ("ropo", False, {**FILTER, "ropo_filter_mode": "correct"}),
 }
 
 
@@ -42,6 +49,7 @@ class Setting:
     learning_rate: float = 1e-2
     beta: float = 0.1
     batch_size: int = 64
+    filter_warmup_epochs: int = 2  # for the methods with ROPO's filter
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,10 @@ def run_job(job: Job, root) -> dict:
         Dataset.from_list(data["validation"]), job.flip_rate, seed=job.seed + 1000, mode=job.noise
     )
     test = Dataset.from_list(data["test"])
-    loss_type, smoothing_is_flip_rate = METHODS[job.method]
+    loss_type, smoothing_is_flip_rate, extra = METHODS[job.method]
+    if "ropo_filter_ratio" in extra:
+        steps_per_epoch = math.ceil(setting.n_train / setting.batch_size)
+        extra = {**extra, "ropo_filter_warmup_steps": setting.filter_warmup_epochs * steps_per_epoch}
     reference = AutoModelForCausalLM.from_pretrained(directory / "reference")
     reference_reward = mean_true_reward(reference, reward, prompts, seed=job.seed)
 
@@ -134,11 +145,12 @@ def run_job(job: Job, root) -> dict:
         disable_tqdm=True,
         seed=job.seed,
         data_seed=job.seed,
+        **extra,
     )
     trainer = RobustDPOTrainer(
         model=str(directory / "reference"),
         args=args,
-        train_dataset=train.remove_columns("label_flipped"),
+        train_dataset=train,  # the flip record only feeds the filter's precision metric
         eval_dataset={"clean": test, "noisy_val": validation.remove_columns("label_flipped")},
         callbacks=[PolicyReward()],
     )
@@ -153,6 +165,8 @@ def run_job(job: Job, root) -> dict:
         "clean_accuracy": [e["eval_rewards/accuracies"] for e in history if "eval_clean_loss" in e],
         "noisy_val_accuracy": [e["eval_rewards/accuracies"] for e in history if "eval_noisy_val_loss" in e],
         "reward_gain": policy_rewards,
+        # ROPO's filter: share of the distrusted pairs that were truly flipped, per epoch (None before it starts)
+        "filter_precision": [e.get(f"{loss_type}/filter_precision") for e in history if "loss" in e],
         "seconds": time.perf_counter() - start,
     }
 
@@ -319,6 +333,26 @@ def is_finite_result(result: dict) -> bool:
     return all(math.isfinite(v) for v in result["clean_accuracy"] + result["reward_gain"])
 
 
+def gap_recovered_table(results: list[dict]) -> str:
+    """Per symmetric flip rate > 0: how much of early-stopped DPO's loss to noise each method wins back."""
+    table = aggregate(results)
+    clean_dpo = table.get(("symmetric", 0.0, "DPO"))
+    rates = sorted({k[1] for k in table if k[0] == "symmetric" and k[1] > 0 and ("symmetric", k[1], "DPO") in table})
+    if clean_dpo is None or not rates:
+        return "(needs DPO at 0% and at a flip rate > 0)"
+    methods = [m for m in METHODS if m != "DPO" and any(k[2] == m for k in table)]
+    lines = ["| method | " + " | ".join(f"{int(100 * r)}%" for r in rates) + " |", "|---" * (len(rates) + 1) + "|"]
+    for method in methods:
+        cells = []
+        for rate in rates:
+            noisy = table[("symmetric", rate, "DPO")]["early_stopped_accuracy"][0]
+            cell = table.get(("symmetric", rate, method))
+            gap = clean_dpo["early_stopped_accuracy"][0] - noisy
+            cells.append("–" if cell is None or gap <= 0 else f"{(cell['early_stopped_accuracy'][0] - noisy) / gap:+.2f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def report(results: list[dict], setting: Setting, command: str, minutes: float) -> str:
     """The markdown written next to the plot: settings, then one table per metric (mean ± std over seeds)."""
     seeds = sorted({r["seed"] for r in results})
@@ -328,6 +362,12 @@ def report(results: list[dict], setting: Setting, command: str, minutes: float) 
         f"{setting.n_train} training pairs, {setting.epochs} epochs, β {setting.beta}, AdamW lr {setting.learning_rate} "
         f"constant, batch {setting.batch_size}; seeds {seeds}; mean ± std over seeds. Columns are label-flip rates "
         "(symmetric unless marked; `prefer_longer` = an annotator who prefers the longer answer).",
+    ]
+    sections += [
+        "## Share of the noise gap recovered, early-stopped accuracy",
+        "(method − DPO at this flip rate) / (DPO at 0% − DPO at this flip rate), DPO early-stopped on the noisy "
+        "validation split. 0 = no better than early-stopped DPO, 1 = as good as DPO on clean labels.",
+        gap_recovered_table(results),
     ]
     for metric, title, scale, digits in [
         ("early_stopped_accuracy", "Clean held-out preference accuracy (%) at the epoch with the best *noisy* validation accuracy", 100, 1),

@@ -46,6 +46,8 @@ class LossSpec:
             [−sympo_reward_clip, sympo_reward_clip] before the margin is formed (SymPO's reward clipping).
         requires_reward_clip: the loss is unbounded without the clip; a config with `sympo_reward_clip=None` is
             refused.
+        couples_batch: the value for one pair depends on the other pairs passed in (a batch objective, e.g.
+            Dr. DPO); per-pair filtering is refused for it.
         paper: the paper behind the loss (for the model card and the README).
     """
 
@@ -54,6 +56,7 @@ class LossSpec:
     hyperparameters: Mapping[str, str] = field(default_factory=dict)
     uses_reward_clip: bool = False
     requires_reward_clip: bool = False
+    couples_batch: bool = False
     paper: Paper | None = None
 
 
@@ -68,6 +71,7 @@ def register_loss(
     hyperparameters: Mapping[str, str] | None = None,
     uses_reward_clip: bool = False,
     requires_reward_clip: bool = False,
+    couples_batch: bool = False,
     paper: Paper | None = None,
 ) -> LossSpec:
     """Register a new `loss_type`.
@@ -79,6 +83,8 @@ def register_loss(
         uses_reward_clip: apply SymPO-style reward clipping (`sympo_reward_clip`) before the margin.
         requires_reward_clip: refuse configs that disable the clip (for losses unbounded without it); implies
             `uses_reward_clip`.
+        couples_batch: `fn` computes a batch objective (the same value for every pair, as `drdpo_loss` does), not
+            independent per-pair losses.
         paper: the paper to cite in model cards.
 
     Returns:
@@ -109,6 +115,7 @@ def register_loss(
         hyperparameters=MappingProxyType(dict(hyperparameters or {})),
         uses_reward_clip=uses_reward_clip or requires_reward_clip,
         requires_reward_clip=requires_reward_clip,
+        couples_batch=couples_batch,
         paper=paper,
     )
     _REGISTRY[name] = spec
@@ -195,4 +202,10 @@ register_loss("sympo_ramp", losses.sympo_ramp_loss, uses_reward_clip=True, paper
 register_loss("sympo_unhinged", losses.sympo_unhinged_loss, requires_reward_clip=True, paper=SYMPO_PAPER)
 # cDPO has no arXiv paper (a note by the DPO authors), so its model card cites DPO, which TRL always does.
 register_loss("cdpo", losses.cdpo_loss, hyperparameters={"epsilon": "label_smoothing"})
-register_loss("drdpo", losses.drdpo_loss, hyperparameters={"beta_prime": "drdpo_beta_prime"}, paper=DRDPO_PAPER)
+register_loss(
+    "drdpo",
+    losses.drdpo_loss,
+    hyperparameters={"beta_prime": "drdpo_beta_prime"},
+    couples_batch=True,
+    paper=DRDPO_PAPER,
+)

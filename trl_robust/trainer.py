@@ -1,11 +1,14 @@
 """`RobustDPOTrainer`: TRL's `DPOTrainer` that also accepts the registered robust loss types."""
 
+import functools
+
 import torch
 from trl import DPOTrainer
 
 from . import dispatch
 from .config import RobustDPOConfig, robust_hyperparameter, validate_robust_args
-from .data import check_trainer_datasets
+from .data import FLIP_COLUMN, check_trainer_datasets
+from .filtering import filtered_loss, n_suspected, suspected_pairs
 from .registry import LossSpec, get_loss_spec, unknown_loss_type_error
 
 dispatch.check_trl_version()
@@ -22,7 +25,9 @@ class RobustDPOTrainer(DPOTrainer):
 
     Extra metrics, per registered loss type `<name>` (gathered over all processes, like TRL's `rewards/*`):
     `<name>/grad_weight`, `<name>/grad_weight_vs_dpo`, `<name>/negative_margin_frac`, `<name>/saturated_frac`
-    and, for losses that clip rewards, `<name>/clipped_frac`. See the README's metrics glossary.
+    and, for losses that clip rewards, `<name>/clipped_frac`; with ROPO's filter (`ropo_filter_ratio > 0`),
+    `<name>/filtered_frac` and, when the training data has a `label_flipped` column, `<name>/filter_precision`.
+    See the README's metrics glossary.
     """
 
     _tag_names = [*DPOTrainer._tag_names, "trl-robust"]
@@ -49,6 +54,14 @@ class RobustDPOTrainer(DPOTrainer):
         finally:
             args.loss_type = original_loss_type
         self.loss_types = loss_types
+        # ROPO's filter reports its precision where the training data records which labels were flipped.
+        if self._keeps_flip_record:
+            self.data_collator = _WithFlipRecord(self.data_collator)
+
+    @property
+    def _keeps_flip_record(self) -> bool:
+        columns = getattr(self.train_dataset, "column_names", None) or []
+        return robust_hyperparameter(self.args, "ropo_filter_ratio") > 0 and FLIP_COLUMN in columns
 
     def _set_model_card_data(self, loss_types: list[str]) -> None:
         self._tag_names = [*type(self)._tag_names, *loss_types]
@@ -84,6 +97,7 @@ class RobustDPOTrainer(DPOTrainer):
         if spec is None:  # e.g. a name unregistered after the trainer was built
             raise unknown_loss_type_error(loss_type)
         hyperparameters = {kw: robust_hyperparameter(self.args, attr) for kw, attr in spec.hyperparameters.items()}
+        loss_fn = functools.partial(spec.fn, **hyperparameters)
         clip = robust_hyperparameter(self.args, "sympo_reward_clip") if spec.uses_reward_clip else None
         if clip is None:
             z = self.beta * (chosen_scores - rejected_scores)  # the same expression as TRL's `sigmoid` margin
@@ -94,26 +108,52 @@ class RobustDPOTrainer(DPOTrainer):
             clipped = (chosen_rewards.abs() > clip) | (rejected_rewards.abs() > clip)
             z = chosen_rewards.clamp(-clip, clip) - rejected_rewards.clamp(-clip, clip)
         # Clipping would hide a NaN or inf in the scores (clamp maps inf to ±clip): check them before it.
+        no_flags = torch.zeros_like(z, dtype=torch.bool)
         bad_reference = ~(torch.isfinite(ref_chosen_logps) & torch.isfinite(ref_rejected_logps))
-        bad_margin = ~torch.isfinite(chosen_scores - rejected_scores) & ~bad_reference
-        self._log_margin_metrics(spec, z, clipped, hyperparameters, mode, bad_reference, bad_margin)
-        return spec.fn(z, **hyperparameters)
+        pairs = self._gather_pairs(
+            z=z.detach(),
+            clipped=clipped if clipped is not None else no_flags,
+            bad_reference=bad_reference,
+            bad_margin=~torch.isfinite(chosen_scores - rejected_scores) & ~bad_reference,
+            flipped=self._flip_record if self._flip_record is not None else no_flags,
+        )
+        suspected = self._suspected_pairs(pairs["z"], mode)
+        self._log_margin_metrics(spec, loss_fn, pairs, clipped is not None, suspected, mode)
+        if suspected is None:
+            return loss_fn(z)
+        start = self.accelerator.process_index * len(z)  # `gather` concatenates the processes in rank order
+        n_global = len(suspected)
+        k_global = n_suspected(robust_hyperparameter(self.args, "ropo_filter_ratio"), n_global)
+        mode_name = robust_hyperparameter(self.args, "ropo_filter_mode")
+        return filtered_loss(loss_fn, z, suspected[start : start + len(z)], mode_name, n_global, k_global)
 
-    def _log_margin_metrics(self, spec: LossSpec, z, clipped, hyperparameters, mode, bad_reference, bad_margin):
-        """Gather the margins of the global batch and log how the loss weighs them (see README glossary).
+    def _gather_pairs(self, **columns) -> dict:
+        """Every process's per-pair values, in one gather (flags as float: not every backend gathers bool)."""
+        stacked = torch.stack([column.float() for column in columns.values()], dim=-1)
+        return dict(zip(columns, self.accelerator.gather(stacked).unbind(-1)))
+
+    def _suspected_pairs(self, z_all, mode):
+        """ROPO's per-step filter: the global mask of distrusted pairs, or None where it does not apply."""
+        ratio = robust_hyperparameter(self.args, "ropo_filter_ratio")
+        warmup = robust_hyperparameter(self.args, "ropo_filter_warmup_steps")
+        if ratio == 0 or mode != "train" or self.state.global_step < warmup:
+            return None
+        if n_suspected(ratio, len(z_all)) == 0:
+            return None
+        return suspected_pairs(z_all, ratio)
+
+    def _log_margin_metrics(self, spec: LossSpec, loss_fn, pairs, clips: bool, suspected, mode) -> None:
+        """Log how the loss weighs the margins of the global batch (see README glossary).
 
         Also the one place that sees every pair of the global batch on the host, so it refuses to go on if any pair's
         reference or policy log-probs are not finite: a NaN margin would otherwise be trained on silently (and with
         SymPO's clip an inf one would look like an ordinary clipped pair). Every process raises together.
         """
-        # One gather for margins and per-pair flags (as float: not every backend gathers bool tensors).
-        flags = clipped if clipped is not None else torch.zeros_like(z, dtype=torch.bool)
-        columns = [z.detach().float(), flags.float(), bad_reference.float(), bad_margin.float()]
-        z_all, clipped_all, bad_reference_all, bad_margin_all = self.accelerator.gather(torch.stack(columns, -1)).unbind(-1)
+        z_all = pairs["z"]
         # Gradient weight w(z) = −∂ℓ/∂z, by autograd so it holds for any registered loss; also under eval's no_grad.
         with torch.enable_grad():
             z_leaf = z_all.clone().requires_grad_(True)
-            (grad,) = torch.autograd.grad(spec.fn(z_leaf, **hyperparameters).sum(), z_leaf)
+            (grad,) = torch.autograd.grad(loss_fn(z_leaf).sum(), z_leaf)
         weight = -grad
         values = {
             "grad_weight": weight.mean(),
@@ -121,15 +161,49 @@ class RobustDPOTrainer(DPOTrainer):
             "negative_margin_frac": (z_all < 0).float().mean(),
             "saturated_frac": (weight == 0).float().mean(),
         }
-        if clipped is not None:
-            values["clipped_frac"] = clipped_all.mean()
-        counts = torch.stack([bad_reference_all.sum(), bad_margin_all.sum()])
+        if clips:
+            values["clipped_frac"] = pairs["clipped"].mean()
+        if mode == "train" and robust_hyperparameter(self.args, "ropo_filter_ratio") > 0:
+            filtered = suspected if suspected is not None else torch.zeros_like(z_all, dtype=torch.bool)
+            values["filtered_frac"] = filtered.float().mean()
+            if self._flip_record is not None and suspected is not None:
+                # Of the distrusted pairs, the share whose label was truly flipped (`flip_preferences`'s record).
+                values["filter_precision"] = (filtered & pairs["flipped"].bool()).float().sum() / filtered.sum()
+        counts = torch.stack([pairs["bad_reference"].sum(), pairs["bad_margin"].sum()])
         # One device-to-host transfer for all of them, not one `.item()` sync each.
         *metrics, n_bad_reference, n_bad_margin = torch.cat([torch.stack(list(values.values())), counts]).tolist()
         if n_bad_reference or n_bad_margin:  # (the metrics above are then NaN and not logged)
             raise FloatingPointError(_non_finite_message(spec.name, mode, len(z_all), n_bad_reference, n_bad_margin))
         for name, value in zip(values, metrics):
             self._metrics[mode][f"{spec.name}/{name}"].append(value)
+
+    # --- the flip record, for the filter's precision ---------------------------------------------------------------
+
+    _flip_record = None  # this batch's `label_flipped` values, when the training data carries them
+
+    def _set_signature_columns_if_needed(self):
+        """TRL's columns, plus the flip record: otherwise `remove_unused_columns` strips it before the collator."""
+        super()._set_signature_columns_if_needed()
+        if self._keeps_flip_record and FLIP_COLUMN not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, FLIP_COLUMN]
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        """TRL's `compute_loss`, with the batch's flip record (if any) set aside for the filter's precision metric."""
+        self._flip_record = inputs.pop(FLIP_COLUMN, None) if self._keeps_flip_record else None
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+
+class _WithFlipRecord:
+    """A data collator that also passes the `label_flipped` column through as a bool tensor, when examples have it."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        if examples and all(FLIP_COLUMN in example for example in examples):
+            batch[FLIP_COLUMN] = torch.tensor([bool(example[FLIP_COLUMN]) for example in examples])
+        return batch
 
 
 def _non_finite_message(loss_type: str, mode: str, n_pairs: int, n_bad_reference: float, n_bad_margin: float) -> str:
