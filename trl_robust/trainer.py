@@ -55,13 +55,9 @@ class RobustDPOTrainer(DPOTrainer):
             args.loss_type = original_loss_type
         self.loss_types = loss_types
         # ROPO's filter reports its precision where the training data records which labels were flipped.
-        if self._keeps_flip_record:
-            self.data_collator = _WithFlipRecord(self.data_collator)
-
-    @property
-    def _keeps_flip_record(self) -> bool:
         columns = getattr(self.train_dataset, "column_names", None) or []
-        return robust_hyperparameter(self.args, "ropo_filter_ratio") > 0 and FLIP_COLUMN in columns
+        if robust_hyperparameter(self.args, "ropo_filter_ratio") > 0 and FLIP_COLUMN in columns:
+            self._pass_through_column(FLIP_COLUMN, torch.bool)
 
     def _set_model_card_data(self, loss_types: list[str]) -> None:
         self._tag_names = [*type(self)._tag_names, *loss_types]
@@ -177,32 +173,56 @@ class RobustDPOTrainer(DPOTrainer):
         for name, value in zip(values, metrics):
             self._metrics[mode][f"{spec.name}/{name}"].append(value)
 
-    # --- the flip record, for the filter's precision ---------------------------------------------------------------
+    # --- dataset columns that reach the loss without being model inputs --------------------------------------------
 
-    _flip_record = None  # this batch's `label_flipped` values, when the training data carries them
+    _passed_columns: dict = {}  # column -> dtype; per instance once `_pass_through_column` is called
+    _batch_columns: dict = {}  # this batch's values of those columns
+
+    @property
+    def _flip_record(self):
+        """This batch's `label_flipped` values, where the training data carries them and the filter needs them."""
+        return self._batch_columns.get(FLIP_COLUMN)
+
+    def _pass_through_column(self, column: str, dtype: torch.dtype) -> None:
+        """Carry a dataset column through to `compute_loss` as a tensor of `dtype`, in `self._batch_columns`.
+
+        TRL drops it twice otherwise: `remove_unused_columns` keeps only its signature columns, and its collator
+        builds the batch from the keys it knows. Rows without the column are collated without it.
+        """
+        if not self._passed_columns:
+            self._passed_columns = {}
+            self.data_collator = _PassThroughCollator(self.data_collator, self._passed_columns)
+        self._passed_columns[column] = dtype
 
     def _set_signature_columns_if_needed(self):
-        """TRL's columns, plus the flip record: otherwise `remove_unused_columns` strips it before the collator."""
         super()._set_signature_columns_if_needed()
-        if self._keeps_flip_record and FLIP_COLUMN not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, FLIP_COLUMN]
+        missing = [column for column in self._passed_columns if column not in self._signature_columns]
+        if missing:
+            self._signature_columns = [*self._signature_columns, *missing]
 
     def compute_loss(self, model, inputs, *args, **kwargs):
-        """TRL's `compute_loss`, with the batch's flip record (if any) set aside for the filter's precision metric."""
-        self._flip_record = inputs.pop(FLIP_COLUMN, None) if self._keeps_flip_record else None
-        return super().compute_loss(model, inputs, *args, **kwargs)
+        """TRL's `compute_loss`, with the passed-through columns taken out of the batch (they are not model inputs)."""
+        if not self._passed_columns:
+            return super().compute_loss(model, inputs, *args, **kwargs)
+        self._batch_columns = {column: inputs.pop(column) for column in self._passed_columns if column in inputs}
+        try:
+            return super().compute_loss(model, inputs, *args, **kwargs)
+        finally:
+            self._batch_columns = {}
 
 
-class _WithFlipRecord:
-    """A data collator that also passes the `label_flipped` column through as a bool tensor, when examples have it."""
+class _PassThroughCollator:
+    """TRL's collator, plus the given columns as tensors (TRL's collator ignores keys it does not know)."""
 
-    def __init__(self, collator):
+    def __init__(self, collator, columns: dict):
         self.collator = collator
+        self.columns = columns  # column -> dtype, shared with the trainer
 
     def __call__(self, examples):
         batch = self.collator(examples)
-        if examples and all(FLIP_COLUMN in example for example in examples):
-            batch[FLIP_COLUMN] = torch.tensor([bool(example[FLIP_COLUMN]) for example in examples])
+        for column, dtype in self.columns.items():
+            if examples and all(column in example for example in examples):
+                batch[column] = torch.tensor([example[column] for example in examples], dtype=dtype)
         return batch
 
 

@@ -3,6 +3,7 @@
     trl-robust dpo [--config FILE.yaml] [ARGS...]   `trl dpo`, training with RobustDPOConfig / RobustDPOTrainer
     trl-robust env                                  what `trl env` prints, plus trl-robust's version
     trl-robust demo [--flip_rate 0.4 ...]           DPO vs the robust losses on a built-in noisy task (CPU, offline)
+    trl-robust audit --model_name_or_path ...       rank preference pairs by how likely their label is wrong
     trl-robust COMMAND ...                          any other TRL command, run by `trl` unchanged (sft, grpo, ...)
 
 Why a command of its own: `trl dpo` runs TRL's script in a fresh interpreter through `accelerate launch`, where
@@ -35,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
 
         demo_main(argv[1:])
         return 0
+    if command == "audit":
+        from ..audit import main as audit_main
+
+        return audit_main(argv[1:])
     trl_commands = _trl_commands()
     is_option = command is None or command.startswith("-")
     if not is_option and (command in trl_commands or not trl_commands):  # TRL's (if its CLI is broken, fail as it)
@@ -112,7 +117,23 @@ def _help_parser(trl_commands: dict[str, str]) -> argparse.ArgumentParser:
     commands.add_parser("dpo", help="`trl dpo` with trl-robust's loss types (loss_type: ropo, ...) and fields")
     commands.add_parser("env", help="what `trl env` prints, plus trl-robust's version")
     commands.add_parser("demo", help="DPO vs ROPO vs SymPO on a built-in task with 40%% flipped labels (CPU, offline)")
+    commands.add_parser("audit", help="rank preference pairs by how likely their label is wrong (noisy-pair audit)")
     for name, help_text in trl_commands.items():
-        if name not in ("dpo", "env", "demo"):
+        if name not in ("dpo", "env", "demo", "audit"):
             commands.add_parser(name, help=f"{help_text} (TRL's `trl {name}`, unchanged)")
     return parser
+
+
+def end_distributed() -> None:
+    """Destroy the process group at the end of a distributed run (training, or an audit), after a barrier.
+
+    TRL's DPO script does this itself from TRL 1.x on (`trainer.end()`); older ones leave it to interpreter exit, where
+    a gloo rank can abort in teardown ("terminate called without an active exception") after a successful run and fail
+    the whole launch. The barrier first, so no rank leaves while another still saves."""
+    import torch
+    from accelerate import PartialState
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        state = PartialState()
+        state.wait_for_everyone()
+        state.destroy_process_group()

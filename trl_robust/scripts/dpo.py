@@ -12,11 +12,10 @@ copied, so it stays TRL's in every supported version. It can also be started by 
 import os
 import sys
 
-import torch
 import trl
-from accelerate import PartialState
 
 from trl_robust import RobustDPOTrainer, patch_trl
+from trl_robust.cli import end_distributed
 from trl_robust.cli.arguments import LabelNoiseArguments, UsageError, parse_dpo_args
 from trl_robust.cli.builtin import materialise_builtins
 from trl_robust.data import flip_preferences
@@ -58,18 +57,6 @@ def main(script_args, training_args, model_args, dataset_args, noise_args: Label
         trl_dpo_script.DPOTrainer = trainer_cls  # that module was imported before the patch (trl < 1.0)
     trl_dpo_script.main(script_args, training_args, model_args, dataset_args)
     end_distributed()
-
-
-def end_distributed() -> None:
-    """Destroy the process group once training, saving and pushing are done.
-
-    TRL's script does this itself from TRL 1.x on (`trainer.end()`); older ones leave it to interpreter exit, where a
-    gloo rank can abort in teardown ("terminate called without an active exception") after a successful run and
-    fail the whole launch. A barrier first, so no rank leaves while another still saves."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        state = PartialState()
-        state.wait_for_everyone()
-        state.destroy_process_group()
 
 
 if __name__ == "__main__":
