@@ -59,6 +59,8 @@ class Job:
     flip_rate: float
     seed: int
     setting: Setting = field(default_factory=Setting)
+    drop_rows: tuple[int, ...] = ()  # training rows left out (after the flips), e.g. an audit's top suspects
+    save: bool = False  # keep the final model, for an audit
 
 
 def task_dir(root: Path, seed: int) -> Path:
@@ -90,6 +92,21 @@ def build_task(root, seed: int, setting: Setting) -> Path:
     return directory
 
 
+def run_dir(root, job: Job) -> Path:
+    dropped = f"-drop{len(job.drop_rows)}" if job.drop_rows else ""
+    return Path(root) / "runs" / f"{job.method}-{job.noise}-{job.flip_rate}-{job.seed}{dropped}"
+
+
+def noisy_train_split(root, job: Job):
+    """The training split `job` trains on (before any `drop_rows`), with its `label_flipped` record."""
+    from datasets import Dataset
+
+    from .data import flip_preferences
+
+    data = json.loads((task_dir(root, job.seed) / "pairs.json").read_text())
+    return flip_preferences(Dataset.from_list(data["train"]), job.flip_rate, seed=job.seed, mode=job.noise)
+
+
 def run_job(job: Job, root) -> dict:
     """Train one method on one noisy copy of the task; return its per-epoch curves."""
     import torch
@@ -106,7 +123,10 @@ def run_job(job: Job, root) -> dict:
     data = json.loads((directory / "pairs.json").read_text())
     reward = RewardModel.from_seed(job.seed)
     prompts = data["reward_prompts"]
-    train = flip_preferences(Dataset.from_list(data["train"]), job.flip_rate, seed=job.seed, mode=job.noise)
+    train = noisy_train_split(root, job)
+    if job.drop_rows:
+        dropped = set(job.drop_rows)
+        train = train.select([i for i in range(len(train)) if i not in dropped])
     validation = flip_preferences(
         Dataset.from_list(data["validation"]), job.flip_rate, seed=job.seed + 1000, mode=job.noise
     )
@@ -126,7 +146,7 @@ def run_job(job: Job, root) -> dict:
             model.train()
 
     args = RobustDPOConfig(
-        output_dir=str(Path(root) / "runs" / f"{job.method}-{job.noise}-{job.flip_rate}-{job.seed}"),
+        output_dir=str(run_dir(root, job)),
         loss_type=loss_type,
         label_smoothing=job.flip_rate if smoothing_is_flip_rate else 0.0,
         beta=setting.beta,
@@ -157,11 +177,14 @@ def run_job(job: Job, root) -> dict:
     trainer.remove_callback(PrinterCallback)  # one progress bar for the grid, not a dict per log line
     start = time.perf_counter()
     trainer.train()
+    if job.save:
+        trainer.save_model()
     history = trainer.state.log_history
     # TRL prefixes its own metrics with "eval_" only, so each split's accuracy is told apart by the loss key that
     # Trainer.evaluate logs in the same entry (`eval_<split>_loss`).
     return {
         **asdict(job),
+        "drop_rows": len(job.drop_rows),
         "clean_accuracy": [e["eval_rewards/accuracies"] for e in history if "eval_clean_loss" in e],
         "noisy_val_accuracy": [e["eval_rewards/accuracies"] for e in history if "eval_noisy_val_loss" in e],
         "reward_gain": policy_rewards,
