@@ -289,9 +289,10 @@ def plot(results: list[dict], path) -> None:
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5 * (len(panels) + 1), 4.2))
     for ax, (metric, label, scale) in zip(axes, panels):
         for method in methods:
-            rows = [table[("symmetric", r, method)][metric] for r in symmetric if ("symmetric", r, method) in table]
+            rates = [r for r in symmetric if ("symmetric", r, method) in table]  # not every method runs every rate
+            rows = [table[("symmetric", r, method)][metric] for r in rates]
             ax.errorbar(
-                [100 * r for r in symmetric][: len(rows)],
+                [100 * r for r in rates],
                 [m * scale for m, _ in rows],
                 yerr=[s * scale for _, s in rows],
                 marker="o",
