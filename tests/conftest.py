@@ -20,6 +20,18 @@ def tiny_model_path(tmp_path_factory):
 
 
 @pytest.fixture
+def no_model_loading(monkeypatch):
+    """Any attempt to load a model fails the test instead: for errors that must come before a model is loaded."""
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+@pytest.fixture
 def preference_dataset():
     return Dataset.from_list(tiny_preference_records(n=16, seed=0))
 

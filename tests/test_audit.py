@@ -100,17 +100,6 @@ def audited(tiny_model_path, noisy_dataset, tmp_path_factory):
     return result, policy_path, tmp / "out"
 
 
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    """Any attempt to load a model fails the test instead."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", refuse)
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
-
-
 # --- the scores ------------------------------------------------------------------------------------------------------
 
 
