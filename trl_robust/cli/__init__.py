@@ -125,15 +125,25 @@ def _help_parser(trl_commands: dict[str, str]) -> argparse.ArgumentParser:
 
 
 def end_distributed() -> None:
-    """Destroy the process group at the end of a distributed run (training, or an audit), after a barrier.
+    """End a distributed run (training, or an audit) once its work is done: a barrier, then exit without teardown.
 
-    TRL's DPO script does this itself from TRL 1.x on (`trainer.end()`); older ones leave it to interpreter exit, where
-    a gloo rank can abort in teardown ("terminate called without an active exception") after a successful run and fail
-    the whole launch. The barrier first, so no rank leaves while another still saves."""
+    Tearing gloo down is what fails on CPU runs, after the model is saved: with TRL 1.x's script, which destroys the
+    process group in `trainer.end()`, DDP's gradient reducer later frees the group's last reference and one rank hung
+    in `~ProcessGroupGloo` joining a worker thread (3 of 15 two-rank runs here); with TRL 0.29's, which never destroys
+    it, a rank could abort at interpreter exit ("terminate called without an active exception"). So the script
+    trainer's `end()` keeps the group (see `trl_robust.scripts.dpo`), every rank meets here once everything is written,
+    and the process leaves with `os._exit(0)`, after flushing, without running those destructors.
+    Returns normally, doing nothing, outside a distributed run.
+    """
+    import logging
+    import os
+
     import torch
-    from accelerate import PartialState
 
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        state = PartialState()
-        state.wait_for_everyone()
-        state.destroy_process_group()
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    torch.distributed.barrier()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

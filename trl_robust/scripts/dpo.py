@@ -22,9 +22,9 @@ from trl_robust.data import flip_preferences
 
 
 def script_trainer(noise_args: LabelNoiseArguments | None) -> type[RobustDPOTrainer]:
-    """`RobustDPOTrainer` as the script uses it: label noise on the training split (if asked for), and
+    """`RobustDPOTrainer` as the script uses it: label noise on the training split (if asked for),
     `--resume_from_checkpoint` honoured with every TRL (TRL < 1.0's script calls `trainer.train()` without it, so a
-    resumed run would silently start again from step 0)."""
+    resumed run would silently start again from step 0), and a distributed run ended by `end_distributed`."""
 
     class ScriptDPOTrainer(RobustDPOTrainer):
         def __init__(self, *args, train_dataset=None, **kwargs):
@@ -38,6 +38,12 @@ def script_trainer(noise_args: LabelNoiseArguments | None) -> type[RobustDPOTrai
             if resume_from_checkpoint is None:
                 resume_from_checkpoint = self.args.resume_from_checkpoint
             return super().train(resume_from_checkpoint, *args, **kwargs)
+
+        def end(self):
+            """TRL 1.x's script calls this last: finish the trackers, but leave the process group to
+            `end_distributed` (destroying it here made a rank hang later, in gloo's teardown)."""
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
 
     return ScriptDPOTrainer
 
