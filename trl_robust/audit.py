@@ -46,6 +46,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .cli.arguments import listing_if_not_empty, looks_like_local_path
+
 ROW_COLUMN = "__trl_robust_audit_row__"
 # The loss name the audit trainer puts in TRL's loop. Never registered: it only has to reach the hook, which TRL's loop
 # calls for any name its if/elif chain does not know.
@@ -206,24 +208,12 @@ def _check_output_dir(output_dir, overwrite: bool) -> None:
     path = Path(output_dir)
     if path.exists() and not path.is_dir():
         raise AuditInputError(f"output_dir {str(path)!r} exists and is not a directory")
-    if path.is_dir() and not overwrite:
-        contents = sorted(p.name for p in path.iterdir())
-        if contents:
-            shown = ", ".join(contents[:5]) + (", ..." if len(contents) > 5 else "")
-            raise AuditInputError(
-                f"output_dir {str(path)!r} already exists and is not empty ({shown}); the audit would overwrite it. "
-                "Pass overwrite=True (`--overwrite_output_dir true`) or choose another directory."
-            )
-
-
-def _looks_local(name: str) -> bool:
-    """A name the user meant as a local path (a Hub id is `name` or `org/name`)."""
-    return (
-        os.path.isabs(name)
-        or name.startswith((".", "~"))
-        or name.count("/") > 1
-        or (os.sep != "/" and os.sep in name)
-    )
+    shown = None if overwrite else listing_if_not_empty(path)
+    if shown is not None:
+        raise AuditInputError(
+            f"output_dir {str(path)!r} already exists and is not empty ({shown}); the audit would overwrite it. "
+            "Pass overwrite=True (`--overwrite_output_dir true`) or choose another directory."
+        )
 
 
 @dataclass
@@ -264,7 +254,7 @@ def _resolve_model(value, role: str) -> _ModelSource:
                 raise AuditInputError(
                     f"{role} {name!r} is a PEFT adapter whose adapter_config.json names no base model"
                 )
-            if _looks_local(base) and not os.path.isdir(os.path.expanduser(base)):
+            if looks_like_local_path(base) and not os.path.isdir(os.path.expanduser(base)):
                 raise AuditInputError(
                     f"{role} {name!r} is a PEFT adapter on the base model {base!r}, which does not exist; load the "
                     "adapter yourself and pass the `PeftModel`, or fix base_model_name_or_path in adapter_config.json"
@@ -277,7 +267,7 @@ def _resolve_model(value, role: str) -> _ModelSource:
         return _ModelSource(name, is_adapter=False)
     if os.path.exists(name):
         raise AuditInputError(f"{role} {name!r} is a file; expected a model directory or a Hub id")
-    if _looks_local(name):
+    if looks_like_local_path(name):
         raise AuditInputError(f"{role} {name!r} does not exist")
     # A Hub id (or a cached one under HF_HUB_OFFLINE=1): ask for adapter_config.json without loading weights.
     from transformers.utils import cached_file
@@ -823,7 +813,7 @@ def _load_cli_dataset(args: AuditArguments):
     from datasets import DatasetDict, load_dataset, load_from_disk
 
     name = os.path.expanduser(args.dataset_name)
-    if _looks_local(name) and not os.path.exists(name):
+    if looks_like_local_path(name) and not os.path.exists(name):
         raise AuditInputError(f"dataset_name {args.dataset_name!r} does not exist")
     if os.path.isdir(name) and os.path.isfile(os.path.join(name, "dataset_dict.json")):
         dataset = load_from_disk(name)

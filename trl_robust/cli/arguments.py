@@ -307,11 +307,11 @@ def _check_source(field: str, value: str, builtin_names: tuple[str, ...]) -> Non
         if value not in builtin_names:
             available = ", ".join(repr(n) for n in builtin_names) or "none"
             raise UsageError(f"`{field}`: unknown built-in name {value!r}; available here: {available}.")
-    elif _looks_like_local_path(value) and not Path(value).expanduser().exists():
+    elif looks_like_local_path(value) and not Path(value).expanduser().exists():
         raise UsageError(f"`{field}`: {value!r} is a local path that does not exist (in {os.getcwd()}).")
 
 
-def _looks_like_local_path(value: str) -> bool:
+def looks_like_local_path(value: str) -> bool:
     """True where `value` is neither a Hub id (`name`, `owner/name`) nor a URL (`hf://...`): it must be on disk."""
     if "://" in value:
         return False
@@ -327,12 +327,11 @@ def _check_output_dir(training_args, overwrite: bool) -> None:
     """Refuse to train into a directory that holds files, unless resuming or told to overwrite: a new run would
     replace the model, checkpoints and model card of the last one."""
     output_dir = Path(training_args.output_dir)
-    if overwrite or training_args.resume_from_checkpoint or not output_dir.is_dir():
+    if overwrite or training_args.resume_from_checkpoint:
         return
-    contents = sorted(p.name for p in output_dir.iterdir())
-    if not contents:
+    shown = listing_if_not_empty(output_dir)
+    if shown is None:
         return
-    shown = ", ".join(contents[:5]) + (", ..." if len(contents) > 5 else "")
     checkpoints = sorted(
         (p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
         key=lambda p: int(p.name.split("-")[-1]),
@@ -342,6 +341,16 @@ def _check_output_dir(training_args, overwrite: bool) -> None:
         f"`output_dir` {str(output_dir)!r} already exists and is not empty ({shown}); training would overwrite it. "
         f"Pass {resume}`--overwrite_output_dir true` to write over it, or choose another `--output_dir`."
     )
+
+
+def listing_if_not_empty(directory: Path) -> str | None:
+    """The first few names in `directory` ("a, b, ..."), or None if it does not exist or is empty."""
+    if not directory.is_dir():
+        return None
+    contents = sorted(p.name for p in directory.iterdir())
+    if not contents:
+        return None
+    return ", ".join(contents[:5]) + (", ..." if len(contents) > 5 else "")
 
 
 # --- helpers --------------------------------------------------------------------------------------------------------
