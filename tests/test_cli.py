@@ -97,6 +97,9 @@ def training_log(out: Path) -> list[dict]:
         # ROPO's filter ranks the global batch: a rank-local choice (2 of each rank's 8) would differ from the
         # single process's (4 of 16) — at the first step all margins tie and it takes the first 4, all on rank 0.
         ("ropo", {"ropo_filter_ratio": 0.25, "ropo_filter_warmup_steps": 0, "flip_rate": 0.25}),
+        # The epoch filter scores the 64 pairs on both ranks at the start of epoch 1 (step 4) and must choose the
+        # same 16 as one process; each rank then looks its own pairs up in that choice.
+        ("ropo", {"ropo_filter_ratio": 0.25, "ropo_filter_scope": "epoch", "flip_rate": 0.25}),
     ],
 )
 def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_path, loss_type, extra):
@@ -121,7 +124,12 @@ def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_pat
     metrics += ["filtered_frac", "filter_precision"] if extra else []
     compared = ["loss", *(f"{loss_type}/{m}" for m in metrics), f"eval_{loss_type}/grad_weight", "eval_loss"]
     rows = {name: {(entry["step"], key): entry[key] for entry in log for key in compared if key in entry} for name, log in results.items()}
-    assert rows["two"].keys() == rows["one"].keys() and len(rows["one"]) == 8 * (len(metrics) + 1) + 2
+    assert rows["two"].keys() == rows["one"].keys()
+    if extra.get("ropo_filter_scope") == "epoch":  # no suspects, hence no precision, in epoch 0 (steps 1-4)
+        assert sum(rows["one"][(step, "ropo/filtered_frac")] for step in range(5, 9)) * 16 == pytest.approx(16)
+        assert len(rows["one"]) == 8 * (len(metrics) + 1) + 2 - 4
+    else:
+        assert len(rows["one"]) == 8 * (len(metrics) + 1) + 2
     for key, value in rows["one"].items():
         assert rows["two"][key] == pytest.approx(value, rel=1e-3, abs=1e-5), key
     final = {name: AutoModelForCausalLM.from_pretrained(tmp_path / name).state_dict() for name in results}

@@ -1,4 +1,5 @@
-"""ROPO's per-step noisy-sample filtering: which pairs it distrusts, the loss it trains on, its metrics and settings."""
+"""ROPO's noisy-sample filtering, per step and per epoch: which pairs it distrusts, the loss it trains on, its metrics
+and settings."""
 
 import math
 
@@ -9,7 +10,7 @@ from torch.testing import assert_close
 from transformers import AutoModelForCausalLM
 
 from trl_robust import RobustDPOTrainer
-from trl_robust.data import flip_preferences
+from trl_robust.data import ROW_COLUMN, flip_preferences
 from trl_robust.filtering import filtered_loss, n_suspected, suspected_pairs
 from trl_robust.tiny import tiny_preference_records
 
@@ -121,6 +122,7 @@ def test_filtering_waits_for_the_warm_up_and_never_touches_evaluation(tiny_model
         ({"ropo_filter_ratio": math.nan}, "`ropo_filter_ratio` must be a finite"),
         ({"ropo_filter_warmup_steps": -1}, "`ropo_filter_warmup_steps` must be a whole number"),
         ({"ropo_filter_mode": "swap"}, r"`ropo_filter_mode` must be one of \['drop', 'correct'\]"),
+        ({"ropo_filter_scope": "batch"}, r"`ropo_filter_scope` must be one of \['step', 'epoch'\]"),
         ({"loss_type": "sigmoid", "ropo_filter_ratio": 0.2}, "filters the pairs of trl-robust's loss types"),
         ({"loss_type": ["drdpo"], "ropo_filter_ratio": 0.2}, r"cannot be combined with \['drdpo'\]"),
     ],
@@ -128,3 +130,120 @@ def test_filtering_waits_for_the_warm_up_and_never_touches_evaluation(tiny_model
 def test_bad_filter_settings_are_refused_at_construction(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         train_args(tmp_path, **{"loss_type": "ropo", **overrides})
+
+
+# --- the per-epoch scope ------------------------------------------------------------------------------------------------
+
+
+def epoch_args(tmp_path, **overrides):
+    return train_args(
+        tmp_path, loss_type="ropo", ropo_filter_ratio=0.25, ropo_filter_scope="epoch", max_steps=-1, **overrides
+    )
+
+
+def independent_margins(trainer, reference_path):
+    """β·Δ of every training row, from plain logits of the current policy and the saved reference, by row index."""
+    loader = trainer.get_eval_dataloader(trainer.train_dataset)  # TRL's tokenisation and collator, no shuffling
+    reference = AutoModelForCausalLM.from_pretrained(reference_path).eval()
+    trainer.model.eval()
+    margins = {}
+    for batch in loader:
+        batch = trainer._prepare_inputs(batch)
+        policy_chosen, policy_rejected = independent_logps(trainer.model, batch).double().chunk(2)
+        ref_chosen, ref_rejected = independent_logps(reference, batch).double().chunk(2)
+        z = trainer.args.beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
+        margins.update(zip(batch[ROW_COLUMN].tolist(), z.tolist()))
+    return margins
+
+
+def test_the_epoch_filter_distrusts_the_lowest_margins_of_the_whole_training_set(tiny_model_path, tmp_path):
+    pairs = Dataset.from_list(tiny_preference_records(n=24, seed=0))
+    trainer = RobustDPOTrainer(model=tiny_model_path, args=epoch_args(tmp_path), train_dataset=pairs)
+    perturb_(trainer.model, seed=5, scale=0.2)
+
+    suspects = trainer._choose_epoch_suspects()
+
+    margins = independent_margins(trainer, tiny_model_path)
+    assert sorted(margins) == list(range(24))  # every input row, once
+    lowest = sorted(margins, key=lambda row: (margins[row], row))[:6]  # ⌊0.25 · 24⌋ = 6 rows
+    assert sorted(suspects) == sorted(lowest)
+    # The scoring pass left TRL's evaluation metrics as they were (nothing to log from it).
+    assert not trainer._metrics["eval"]
+
+
+@pytest.mark.parametrize("mode", ["drop", "correct"])
+def test_the_epoch_filters_suspects_are_dropped_or_swapped_in_the_trained_loss(tiny_model_path, tmp_path, mode):
+    pairs = Dataset.from_list(tiny_preference_records(n=16, seed=0))
+    args = epoch_args(tmp_path, per_device_train_batch_size=8, ropo_filter_mode=mode)
+    trainer = RobustDPOTrainer(model=tiny_model_path, args=args, train_dataset=pairs)
+    perturb_(trainer.model, seed=3, scale=0.2)
+    trainer.model.train()
+    batch = first_batch(trainer)
+    rows = batch[ROW_COLUMN].tolist()
+    trainer._set_epoch_suspects([rows[1], rows[6], rows[7]])  # 3 of this batch's 8 pairs
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+
+    margins = independent_margins(trainer, tiny_model_path)
+    z = torch.tensor([margins[row] for row in rows], dtype=torch.float64)
+    suspected = torch.tensor([i in (1, 6, 7) for i in range(8)])
+    expected = ropo(z[~suspected]).mean() if mode == "drop" else torch.where(suspected, ropo(-z), ropo(z)).mean()
+    assert_close(loss.double().item(), expected.item(), atol=2e-5, rtol=2e-5)
+    assert trainer._metrics["train"]["ropo/filtered_frac"][-1] == pytest.approx(3 / 8)
+
+    # A batch made only of suspects trains on nothing when dropping (not on NaN from 0/0).
+    trainer.model.train()
+    trainer._set_epoch_suspects(rows)
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    assert math.isfinite(loss.item())
+    if mode == "drop":
+        assert loss.item() == 0.0
+
+
+def test_the_epoch_filter_starts_after_the_first_epoch_and_the_warm_up(tiny_model_path, tmp_path):
+    # 16 pairs in batches of 4: epochs begin at steps 0, 4, 8. The warm-up of 5 steps rules out the start of epoch 1.
+    pairs = flip_preferences(Dataset.from_list(tiny_preference_records(n=16, seed=0)), 0.25, seed=1)
+    args = epoch_args(tmp_path, num_train_epochs=3, ropo_filter_warmup_steps=5)
+    scored_at = []
+
+    class Trainer(RobustDPOTrainer):
+        def _choose_epoch_suspects(self):
+            scored_at.append(self.state.global_step)
+            suspects = super()._choose_epoch_suspects()
+            self.chosen = suspects
+            return suspects
+
+    trainer = Trainer(model=tiny_model_path, args=args, train_dataset=pairs)
+    trainer.train()
+    assert scored_at == [8]
+    log = {e["step"]: e for e in trainer.state.log_history if "loss" in e}
+    fractions = [log[step]["ropo/filtered_frac"] for step in range(1, 13)]
+    assert fractions[:8] == [0.0] * 8
+    assert sum(fractions[8:]) * 4 == pytest.approx(4)  # the ⌊0.25 · 16⌋ = 4 suspects, each seen once in epoch 2
+    # Precision: the logged per-step values, weighted by the suspects in each step, recover the share of the 4
+    # suspects whose labels were flipped.
+    flipped = {row for row, flag in enumerate(pairs["label_flipped"]) if flag}
+    weighted = sum(log[s]["ropo/filter_precision"] * log[s]["ropo/filtered_frac"] * 4 for s in range(9, 13)
+                   if "ropo/filter_precision" in log[s])
+    assert weighted == pytest.approx(len(flipped & set(trainer.chosen)))
+    # The scoring pass logged nothing of its own.
+    assert not any(key.startswith("ropo_filter") for e in trainer.state.log_history for key in e)
+
+
+def test_the_epoch_filter_refuses_a_streamed_dataset_before_loading_a_model(no_model_loading, tmp_path):
+    pairs = Dataset.from_list(tiny_preference_records(n=8, seed=0)).to_iterable_dataset()
+    with pytest.raises(ValueError, match="needs a map-style `datasets.Dataset`.*ropo_filter_scope='step'"):
+        RobustDPOTrainer(model="unused-model", args=epoch_args(tmp_path), train_dataset=pairs)
+
+
+def test_the_epoch_filter_refuses_a_dataset_with_its_reserved_column(no_model_loading, tmp_path):
+    pairs = Dataset.from_list(tiny_preference_records(n=8, seed=0))
+    pairs = pairs.add_column(ROW_COLUMN, list(range(8)))
+    with pytest.raises(ValueError, match="reserves; rename it"):
+        RobustDPOTrainer(model="unused-model", args=epoch_args(tmp_path), train_dataset=pairs)
+
+
+def test_the_epoch_filter_warns_when_the_run_has_a_single_epoch(tiny_model_path, preference_dataset, tmp_path):
+    trainer = RobustDPOTrainer(model=tiny_model_path, args=epoch_args(tmp_path, num_train_epochs=1),
+                               train_dataset=preference_dataset)
+    with pytest.warns(UserWarning, match="nothing will be filtered"):
+        trainer.train()

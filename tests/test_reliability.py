@@ -172,3 +172,49 @@ def test_a_run_resumed_from_a_checkpoint_ends_like_an_uninterrupted_run(
         uninterrupted.model.named_parameters(), resumed.model.named_parameters(), strict=True
     ):
         torch.testing.assert_close(p_resumed, p_full, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_run_resumed_inside_an_epoch_keeps_that_epochs_suspects_of_the_epoch_filter(
+    tiny_model_path, preference_dataset, tmp_path
+):
+    # 16 pairs in batches of 4: epochs begin at steps 0, 4, 8. The filter chooses its suspects at steps 4 and 8 with
+    # the model of that moment; the checkpoint at step 6 lies inside epoch 1, whose model at step 4 is gone after the
+    # interruption, so the resumed run must take epoch 1's suspects from the checkpoint and score afresh at step 8.
+    scored_at = []
+
+    class Trainer(RobustDPOTrainer):
+        def _choose_epoch_suspects(self):
+            scored_at.append(self.state.global_step)
+            return super()._choose_epoch_suspects()
+
+    def run(output_dir, resume=None, callbacks=()):
+        args = train_args(
+            tmp_path, output_dir=str(output_dir), loss_type="ropo", max_steps=10, learning_rate=0.05,
+            save_strategy="steps", save_steps=6, ropo_filter_ratio=0.5, ropo_filter_scope="epoch",
+        )
+        trainer = Trainer(model=tiny_model_path, args=args, train_dataset=preference_dataset, callbacks=list(callbacks))
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    uninterrupted = run(tmp_path / "full")
+    assert scored_at == [4, 8]
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "interrupted", callbacks=[Interrupt(at_step=8)])
+    scored_at.clear()
+    resumed = run(tmp_path / "interrupted", resume=str(tmp_path / "interrupted" / "checkpoint-6"))
+    assert scored_at == [8]  # not again at the resume inside epoch 1
+
+    def by_step(trainer):
+        return {e["step"]: e for e in trainer.state.log_history if "loss" in e}
+
+    full, again = by_step(uninterrupted), by_step(resumed)
+    # Epoch 1 distrusts 8 of the 16 pairs: steps 7-8 (after the resume) must filter exactly as before it.
+    assert sum(full[step]["ropo/filtered_frac"] for step in (5, 6, 7, 8)) * 4 == 8
+    assert full[7]["ropo/filtered_frac"] + full[8]["ropo/filtered_frac"] > 0  # the test checks a real restore
+    for step in range(7, 11):
+        for key in ("loss", "ropo/filtered_frac", "ropo/grad_weight", "rewards/margins"):
+            assert again[step][key] == pytest.approx(full[step][key], rel=1e-4, abs=1e-6), (step, key)
+    for (name, p_full), (_, p_resumed) in zip(
+        uninterrupted.model.named_parameters(), resumed.model.named_parameters(), strict=True
+    ):
+        torch.testing.assert_close(p_resumed, p_full, rtol=1e-5, atol=1e-6, msg=name)

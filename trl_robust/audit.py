@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 
 from .cli.arguments import listing_if_not_empty, looks_like_local_path
+from .data import ROW_COLUMN
 
-ROW_COLUMN = "__trl_robust_audit_row__"
 # The loss name the audit trainer puts in TRL's loop. Never registered: it only has to reach the hook, which TRL's loop
 # calls for any name its if/elif chain does not know.
 _AUDIT_LOSS = "__trl_robust_audit__"

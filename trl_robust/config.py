@@ -8,7 +8,7 @@ import trl
 from packaging.version import Version
 from trl import DPOConfig
 
-from .filtering import FILTER_MODES
+from .filtering import FILTER_MODES, FILTER_SCOPES
 from .registry import available_loss_types, get_loss_spec, unknown_loss_type_error
 
 
@@ -39,12 +39,18 @@ class RobustDPOConfig(DPOConfig):
     > Parameters of ROPO's noisy-sample filtering (Liang et al., ICML 2025, arXiv 2404.04102)
 
     ropo_filter_ratio (`float`, *optional*, defaults to `0.0`):
-        ρ in [0, 1): at every training step, the ⌊ρ·n⌋ pairs of the global batch (all processes) with the lowest
-        margin z — for ROPO exactly the largest losses — are treated as mislabeled. 0 turns filtering off. Applies
-        to the registered loss types in `loss_type` (not to TRL's built-ins), in training only (not to `eval_loss`).
+        ρ in [0, 1): the share of pairs with the lowest margin z — for ROPO exactly the largest losses — that is
+        treated as mislabeled (see `ropo_filter_scope` for which pairs compete). 0 turns filtering off. Applies to
+        the registered loss types in `loss_type` (not to TRL's built-ins), in training only (not to `eval_loss`).
+    ropo_filter_scope (`str`, *optional*, defaults to `"step"`):
+        `"step"`: at every training step, the ⌊ρ·n⌋ lowest-margin pairs of the global batch (all processes).
+        `"epoch"`: at the start of every epoch after the warm-up (never before the first epoch has trained), one
+        evaluation pass scores the whole training set with the current model, and its ⌊ρ·N⌋ lowest-margin pairs
+        are the suspects for that epoch; the set is saved with checkpoints. Needs a map-style training dataset.
     ropo_filter_warmup_steps (`int`, *optional*, defaults to `0`):
         Optimizer steps trained on every pair before filtering starts (the model must first learn what the
-        clean majority says).
+        clean majority says). With the epoch scope, filtering starts with the first epoch that begins at or after
+        this step.
     ropo_filter_mode (`str`, *optional*, defaults to `"drop"`):
         `"drop"`: suspected pairs get weight 0 and the others are rescaled so the loss stays a mean over the kept
         pairs. `"correct"`: suspected pairs are trained with chosen and rejected swapped (self-correction).
@@ -79,9 +85,19 @@ class RobustDPOConfig(DPOConfig):
     ropo_filter_ratio: float = field(
         default=0.0,
         metadata={
-            "help": "ROPO's noisy-sample filtering (Liang et al., ICML 2025, arXiv 2404.04102): at each training step "
-            "the fraction ρ of the global batch with the lowest margin (largest ROPO loss) is treated as mislabeled. "
-            "In [0, 1); 0 = off. Applies to trl-robust's loss types, in training only."
+            "help": "ROPO's noisy-sample filtering (Liang et al., ICML 2025, arXiv 2404.04102): the fraction ρ of the "
+            "pairs with the lowest margin (largest ROPO loss) — of each global batch, or of the training set each "
+            "epoch (`ropo_filter_scope`) — is treated as mislabeled. In [0, 1); 0 = off. Applies to trl-robust's "
+            "loss types, in training only."
+        },
+    )
+    ropo_filter_scope: str = field(
+        default="step",
+        metadata={
+            "help": "Which pairs ROPO's filter ranks: `step` (the lowest-margin ρ share of each global batch) or "
+            "`epoch` (at the start of each epoch after the warm-up, score the whole training set with the current "
+            "model and distrust its lowest-margin ρ share for that epoch).",
+            "choices": list(FILTER_SCOPES),
         },
     )
     ropo_filter_warmup_steps: int = field(
@@ -214,6 +230,9 @@ def _validate_filtering(args, registered) -> None:
     mode = robust_hyperparameter(args, "ropo_filter_mode")
     if mode not in FILTER_MODES:
         raise ValueError(f"`ropo_filter_mode` must be one of {list(FILTER_MODES)}, got {mode!r}.")
+    scope = robust_hyperparameter(args, "ropo_filter_scope")
+    if scope not in FILTER_SCOPES:
+        raise ValueError(f"`ropo_filter_scope` must be one of {list(FILTER_SCOPES)}, got {scope!r}.")
     if ratio == 0:
         return
     if not registered:

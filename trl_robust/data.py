@@ -24,6 +24,9 @@ from datasets import Dataset, IterableDataset, Value
 FLIP_MODES = ("symmetric", "prefer_longer")
 # The column `flip_preferences` records flipped rows in; ROPO's filter reports its precision against it.
 FLIP_COLUMN = "label_flipped"
+# The input row index that trl-robust adds to a dataset it must score per row (the audit, ROPO's per-epoch filter), so
+# that every score can be traced back to its row through TRL's preprocessing, batching and processes.
+ROW_COLUMN = "__trl_robust_row__"
 
 
 def response_length(response: str | list[dict[str, Any]]) -> int:

@@ -1,17 +1,23 @@
-"""ROPO's noisy-sample filtering, per training step: which pairs of a batch to distrust, and what to do with them.
+"""ROPO's noisy-sample filtering: which pairs to distrust, and what to do with them.
 
 The ROPO framework (Liang et al., ICML 2025, arXiv 2404.04102) does not only change the loss: it treats the pairs
 with the largest ROPO loss as mislabeled and takes them out of training. Those are the pairs the current model most
 confidently contradicts, so for every loss that decreases in the margin z (ROPO, SymPO, DPO) "largest loss" is
 "smallest z"; ranking by z keeps the rule well defined for any registered loss.
 
-Pure functions of tensors; `RobustDPOTrainer` calls them on the margins of the global batch (gathered over every
-process), so the same pairs are chosen whatever the number of processes.
+Two scopes decide which pairs compete for the ⌊ρ·n⌋ places:
+- `step`: the pairs of one global batch (gathered over every process, so the same pairs are chosen whatever the
+  number of processes);
+- `epoch`: the whole training set, scored once at the start of an epoch by the current model; the suspects stay
+  fixed for that epoch.
+
+Pure functions of tensors; `RobustDPOTrainer` supplies the margins and applies the result.
 """
 
 import torch
 
 FILTER_MODES = ("drop", "correct")
+FILTER_SCOPES = ("step", "epoch")
 
 
 def n_suspected(ratio: float, n_pairs: int) -> int:
@@ -28,7 +34,7 @@ def suspected_pairs(z: torch.Tensor, ratio: float) -> torch.Tensor:
     return mask
 
 
-def filtered_loss(loss_fn, z: torch.Tensor, suspected: torch.Tensor, mode: str, n_global: int, k_global: int):
+def filtered_loss(loss_fn, z: torch.Tensor, suspected: torch.Tensor, mode: str, n_global: int, k_global):
     """Per-pair loss of one process's pairs after filtering.
 
     `drop`: suspected pairs contribute 0 and the rest are scaled by n/(n − k), so the mean over the global batch —
@@ -40,11 +46,14 @@ def filtered_loss(loss_fn, z: torch.Tensor, suspected: torch.Tensor, mode: str, 
         z: this process's margins.
         suspected: this process's slice of the global `suspected_pairs` mask.
         mode: one of `FILTER_MODES`.
-        n_global, k_global: pairs in the global batch, and how many of them are suspected.
+        n_global, k_global: pairs in the global batch, and how many of them are suspected (an int, or a tensor so
+            that the epoch scope, whose count varies per batch, needs no host sync). A batch of suspects only
+            contributes 0.
     """
     if mode == "correct":
         return torch.where(suspected, loss_fn(-z), loss_fn(z))
     if mode == "drop":
         keep = (~suspected).to(z.dtype)
-        return loss_fn(z) * keep * (n_global / (n_global - k_global))
+        kept = torch.as_tensor(n_global - k_global, dtype=z.dtype, device=z.device).clamp_min(1)
+        return loss_fn(z) * keep * (n_global / kept)
     raise ValueError(f"filter mode must be one of {FILTER_MODES}, got {mode!r}")

@@ -1,13 +1,20 @@
 """`RobustDPOTrainer`: TRL's `DPOTrainer` that also accepts the registered robust loss types."""
 
 import functools
+import inspect
+import math
+import warnings
+from collections import defaultdict
 
+import numpy as np
 import torch
+from datasets import Dataset
+from transformers import TrainerCallback
 from trl import DPOTrainer
 
 from . import dispatch
 from .config import RobustDPOConfig, robust_hyperparameter, validate_robust_args
-from .data import FLIP_COLUMN, check_trainer_datasets
+from .data import FLIP_COLUMN, ROW_COLUMN, check_trainer_datasets
 from .filtering import filtered_loss, n_suspected, suspected_pairs
 from .registry import LossSpec, get_loss_spec, unknown_loss_type_error
 
@@ -28,6 +35,10 @@ class RobustDPOTrainer(DPOTrainer):
     and, for losses that clip rewards, `<name>/clipped_frac`; with ROPO's filter (`ropo_filter_ratio > 0`),
     `<name>/filtered_frac` and, when the training data has a `label_flipped` column, `<name>/filter_precision`.
     See the README's metrics glossary.
+
+    With `ropo_filter_scope="epoch"` a row-index column is added to the training dataset, and at the start of each
+    epoch after the warm-up `_EpochFilterCallback` scores the training set through TRL's evaluation loop; the
+    suspects of the epoch are saved in `trainer_state.json` with every checkpoint.
     """
 
     _tag_names = [*DPOTrainer._tag_names, "trl-robust"]
@@ -39,6 +50,12 @@ class RobustDPOTrainer(DPOTrainer):
         validate_robust_args(args)  # before TRL loads any model
         # Bad rows fail early, by split, column and row, instead of deep inside TRL's tokenisation.
         check_trainer_datasets(DPOTrainer.__init__, model, ref_model, args, *pargs, **kwargs)
+        filters_per_epoch = (
+            robust_hyperparameter(args, "ropo_filter_ratio") > 0
+            and robust_hyperparameter(args, "ropo_filter_scope") == "epoch"
+        )
+        if filters_per_epoch:  # the epoch filter traces every score to its row: index the rows before TRL sees them
+            pargs, kwargs = _with_row_index(model, ref_model, args, pargs, kwargs)
         loss_types = [args.loss_type] if isinstance(args.loss_type, str) else list(args.loss_type)
         self._robust_specs = {t: get_loss_spec(t) for t in loss_types if get_loss_spec(t) is not None}
         self._set_model_card_data(loss_types)
@@ -58,6 +75,11 @@ class RobustDPOTrainer(DPOTrainer):
         columns = getattr(self.train_dataset, "column_names", None) or []
         if robust_hyperparameter(self.args, "ropo_filter_ratio") > 0 and FLIP_COLUMN in columns:
             self._pass_through_column(FLIP_COLUMN, torch.bool)
+        self._epoch_suspects = None  # per input row: distrusted this epoch (epoch scope only)
+        self._row_margins = None  # while the epoch filter scores the training set: the gathered (rows, z) batches
+        if filters_per_epoch:
+            self._pass_through_column(ROW_COLUMN, torch.long)
+            self.add_callback(_EpochFilterCallback(self))
 
     def _set_model_card_data(self, loss_types: list[str]) -> None:
         self._tag_names = [*type(self)._tag_names, *loss_types]
@@ -92,6 +114,12 @@ class RobustDPOTrainer(DPOTrainer):
         spec = get_loss_spec(loss_type)
         if spec is None:  # e.g. a name unregistered after the trainer was built
             raise unknown_loss_type_error(loss_type)
+        if self._row_margins is not None:  # the epoch filter's scoring pass: record, train nothing, log nothing
+            if loss_type == next(iter(self._robust_specs)):  # once per batch, whatever the number of loss types
+                rows = self._batch_columns[ROW_COLUMN]
+                margin = (self.beta * (chosen_scores - rejected_scores)).detach().float()  # TRL's unclipped margin
+                self._row_margins.append([t.cpu() for t in self.accelerator.gather_for_metrics((rows, margin))])
+            return torch.zeros_like(chosen_scores)
         hyperparameters = {kw: robust_hyperparameter(self.args, attr) for kw, attr in spec.hyperparameters.items()}
         loss_fn = functools.partial(spec.fn, **hyperparameters)
         clip = robust_hyperparameter(self.args, "sympo_reward_clip") if spec.uses_reward_clip else None
@@ -106,37 +134,97 @@ class RobustDPOTrainer(DPOTrainer):
         # Clipping would hide a NaN or inf in the scores (clamp maps inf to ±clip): check them before it.
         no_flags = torch.zeros_like(z, dtype=torch.bool)
         bad_reference = ~(torch.isfinite(ref_chosen_logps) & torch.isfinite(ref_rejected_logps))
-        pairs = self._gather_pairs(
+        columns = dict(
             z=z.detach(),
             clipped=clipped if clipped is not None else no_flags,
             bad_reference=bad_reference,
             bad_margin=~torch.isfinite(chosen_scores - rejected_scores) & ~bad_reference,
             flipped=self._flip_record if self._flip_record is not None else no_flags,
         )
-        suspected = self._suspected_pairs(pairs["z"], mode)
+        if self._epoch_suspects is not None and mode == "train":
+            columns["epoch_suspect"] = self._epoch_suspects[self._batch_columns[ROW_COLUMN].to(z.device)]
+        pairs = self._gather_pairs(**columns)
+        suspected = self._suspected_pairs(pairs, mode)
         self._log_margin_metrics(spec, loss_fn, pairs, clipped is not None, suspected, mode)
         if suspected is None:
             return loss_fn(z)
         start = self.accelerator.process_index * len(z)  # `gather` concatenates the processes in rank order
-        n_global = len(suspected)
-        k_global = n_suspected(robust_hyperparameter(self.args, "ropo_filter_ratio"), n_global)
         mode_name = robust_hyperparameter(self.args, "ropo_filter_mode")
-        return filtered_loss(loss_fn, z, suspected[start : start + len(z)], mode_name, n_global, k_global)
+        local = suspected[start : start + len(z)]
+        return filtered_loss(loss_fn, z, local, mode_name, n_global=len(suspected), k_global=suspected.sum())
 
     def _gather_pairs(self, **columns) -> dict:
         """Every process's per-pair values, in one gather (flags as float: not every backend gathers bool)."""
         stacked = torch.stack([column.float() for column in columns.values()], dim=-1)
         return dict(zip(columns, self.accelerator.gather(stacked).unbind(-1)))
 
-    def _suspected_pairs(self, z_all, mode):
-        """ROPO's per-step filter: the global mask of distrusted pairs, or None where it does not apply."""
+    def _suspected_pairs(self, pairs, mode):
+        """ROPO's filter: the mask of distrusted pairs of the global batch, or None where it does not apply."""
         ratio = robust_hyperparameter(self.args, "ropo_filter_ratio")
-        warmup = robust_hyperparameter(self.args, "ropo_filter_warmup_steps")
-        if ratio == 0 or mode != "train" or self.state.global_step < warmup:
+        if ratio == 0 or mode != "train":
             return None
-        if n_suspected(ratio, len(z_all)) == 0:
+        if robust_hyperparameter(self.args, "ropo_filter_scope") == "epoch":  # chosen at the start of the epoch
+            return pairs["epoch_suspect"].bool() if "epoch_suspect" in pairs else None
+        if self.state.global_step < robust_hyperparameter(self.args, "ropo_filter_warmup_steps"):
             return None
-        return suspected_pairs(z_all, ratio)
+        if n_suspected(ratio, len(pairs["z"])) == 0:
+            return None
+        return suspected_pairs(pairs["z"], ratio)
+
+    # --- ROPO's per-epoch filter -----------------------------------------------------------------------------------
+
+    def _score_training_set(self) -> dict[int, float]:
+        """The margin z = β·Δ of every training pair under the current model, by input row.
+
+        TRL's own evaluation pass (`prediction_step` → `compute_loss` → its forward and reference code) over the
+        tokenised training set, in eval mode, batched by `per_device_eval_batch_size`, on every process; the hook
+        records TRL's unclipped margin per row. The pass leaves no trace: TRL's evaluation metrics are set aside and
+        restored, and the random number generators are restored so that training draws what it would have drawn.
+        """
+        saved_metrics = self._metrics["eval"]
+        self._metrics["eval"] = defaultdict(list)
+        self._row_margins = []
+        device = self.accelerator.device
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                self.evaluation_loop(
+                    self.get_eval_dataloader(self.train_dataset),
+                    description="ROPO filter: scoring the training pairs",
+                    prediction_loss_only=True,
+                    metric_key_prefix="ropo_filter",
+                )
+            records = self._row_margins
+        finally:
+            self._row_margins = None
+            self._metrics["eval"] = saved_metrics
+        margins = {}
+        for rows, z in records:  # a row accelerate repeats to even out the last batch has the same z both times
+            margins.update(zip(rows.tolist(), z.tolist()))
+        bad = [row for row, value in margins.items() if not math.isfinite(value)]
+        if bad:
+            raise FloatingPointError(
+                f"ROPO's epoch filter found non-finite margins for {len(bad)} training pair(s) (rows {sorted(bad)[:10]}): "
+                "NaN or infinite log-probs of the policy or the reference. trl-robust stops rather than train on them."
+            )
+        return margins
+
+    def _choose_epoch_suspects(self) -> list[int]:
+        """Score the training set; the ⌊ρ·N⌋ rows with the lowest margin (ties: the lower row first)."""
+        margins = self._score_training_set()
+        rows = sorted(margins)
+        z = torch.tensor([margins[row] for row in rows], dtype=torch.float64)
+        chosen = suspected_pairs(z, robust_hyperparameter(self.args, "ropo_filter_ratio"))
+        return [row for row, suspect in zip(rows, chosen.tolist()) if suspect]
+
+    def _set_epoch_suspects(self, rows: list[int] | None) -> None:
+        """Distrust these input rows until the next epoch's choice (None: no filtering this epoch)."""
+        if rows is None:
+            self._epoch_suspects = None
+            return
+        n_rows = max(self.train_dataset[ROW_COLUMN]) + 1
+        mask = torch.zeros(n_rows, dtype=torch.bool)
+        mask[torch.tensor(rows, dtype=torch.long)] = True
+        self._epoch_suspects = mask.to(self.accelerator.device)
 
     def _log_margin_metrics(self, spec: LossSpec, loss_fn, pairs, clips: bool, suspected, mode) -> None:
         """Log how the loss weighs the margins of the global batch (see README glossary).
@@ -171,6 +259,8 @@ class RobustDPOTrainer(DPOTrainer):
         if n_bad_reference or n_bad_margin:  # (the metrics above are then NaN and not logged)
             raise FloatingPointError(_non_finite_message(spec.name, mode, len(z_all), n_bad_reference, n_bad_margin))
         for name, value in zip(values, metrics):
+            if name == "filter_precision" and math.isnan(value):
+                continue  # a batch without suspects (epoch scope) has no precision; average over those with some
             self._metrics[mode][f"{spec.name}/{name}"].append(value)
 
     # --- dataset columns that reach the loss without being model inputs --------------------------------------------
@@ -209,6 +299,79 @@ class RobustDPOTrainer(DPOTrainer):
             return super().compute_loss(model, inputs, *args, **kwargs)
         finally:
             self._batch_columns = {}
+
+
+class _EpochFilterCallback(TrainerCallback):
+    """ROPO's per-epoch filter: at the start of each epoch, decide which training rows to distrust for that epoch.
+
+    The decision is kept in `state.stateful_callbacks[STATE_KEY]`, which transformers writes into every checkpoint's
+    `trainer_state.json`, so a run resumed inside an epoch distrusts the same rows as the uninterrupted run (its
+    model at the start of that epoch is gone by then) and a run resumed at an epoch boundary scores afresh with the
+    same model the uninterrupted run would have used.
+    """
+
+    STATE_KEY = "trl_robust.RopoEpochFilter"
+
+    def __init__(self, trainer: RobustDPOTrainer):
+        self.trainer = trainer
+        self.decided_epoch = None  # the epoch whose suspects `trainer._epoch_suspects` holds
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = (state.stateful_callbacks or {}).get(self.STATE_KEY)  # present when resuming from our checkpoint
+        if saved:
+            attributes = saved["attributes"]
+            self.decided_epoch = attributes["epoch"]
+            self.trainer._set_epoch_suspects(attributes["rows"])
+        else:
+            self.decided_epoch = None
+            self.trainer._set_epoch_suspects(None)
+        if state.num_train_epochs is not None and state.num_train_epochs <= 1:
+            warnings.warn(
+                "ropo_filter_scope='epoch' chooses its suspects at the start of each epoch after the first, and this "
+                f"run trains for {state.num_train_epochs} epoch: nothing will be filtered. Train for more epochs or "
+                "use ropo_filter_scope='step'.",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        position = state.epoch or 0.0
+        epoch = math.floor(position + 1e-6)
+        if epoch == self.decided_epoch:
+            return  # resumed inside this epoch: its suspects came back with the checkpoint
+        warmup = robust_hyperparameter(args, "ropo_filter_warmup_steps")
+        inside_an_epoch = abs(position - round(position)) > 1e-6  # resumed mid-epoch from a checkpoint without them
+        if state.global_step == 0 or state.global_step < warmup or inside_an_epoch:
+            rows = None  # never with the untrained model, nor before the warm-up
+        else:
+            rows = self.trainer._choose_epoch_suspects()
+        self.trainer._set_epoch_suspects(rows)
+        self.decided_epoch = epoch
+        state.stateful_callbacks[self.STATE_KEY] = {"args": {}, "attributes": {"epoch": epoch, "rows": rows}}
+
+
+def _with_row_index(model, ref_model, args, pargs, kwargs):
+    """The trainer's arguments with a row-index column added to `train_dataset` (for the per-epoch filter).
+
+    Checked before any model is loaded: the epoch filter needs a map-style dataset to score and index.
+    """
+    try:
+        bound = inspect.signature(DPOTrainer.__init__).bind(None, model, ref_model, args, *pargs, **kwargs)
+    except TypeError:
+        return pargs, kwargs  # a call TRL will reject with its own message
+    train_dataset = bound.arguments.get("train_dataset")
+    if train_dataset is None:
+        return pargs, kwargs
+    if not isinstance(train_dataset, Dataset):
+        raise ValueError(
+            f"ropo_filter_scope='epoch' scores the whole training set at the start of each epoch, so it needs a "
+            f"map-style `datasets.Dataset` as train_dataset, got {type(train_dataset).__name__}. Use "
+            "ropo_filter_scope='step' for streamed data."
+        )
+    if ROW_COLUMN in train_dataset.column_names:
+        raise ValueError(f"train_dataset has a column named {ROW_COLUMN!r}, which trl-robust reserves; rename it.")
+    bound.arguments["train_dataset"] = train_dataset.add_column(ROW_COLUMN, np.arange(len(train_dataset), dtype=np.int64))
+    return bound.args[4:], bound.kwargs
 
 
 class _PassThroughCollator:
