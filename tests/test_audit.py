@@ -21,6 +21,7 @@ from trl_robust import RobustDPOTrainer
 from trl_robust.audit import (
     OUTPUT_FILES,
     AuditInputError,
+    AuditResult,
     audit_preferences,
     auroc,
     average_ranks,
@@ -195,6 +196,46 @@ def test_a_dataset_with_an_implicit_prompt_is_scored_like_the_explicit_one(audit
     result = audit_preferences(policy_path, implicit, ref_model=tiny_model_path, beta=0.5, show_progress=False)
     z_explicit = audited[0].z_by_row()
     assert result.z_by_row() == pytest.approx([z_explicit[i] for i in rows], abs=1e-5)
+
+
+# --- the clean step of clean-and-retrain -----------------------------------------------------------------------------
+
+
+def hand_made_result(z_by_row):
+    """An `AuditResult` for the given z per row, ranked as the audit ranks (lowest z first, ties by row)."""
+    order = sorted(range(len(z_by_row)), key=lambda row: (z_by_row[row], row))
+    return AuditResult(pairs=[{"rank": r + 1, "row": row, "z": z_by_row[row]} for r, row in enumerate(order)], beta=0.1)
+
+
+def test_cleaning_drops_the_most_suspicious_pairs_and_keeps_the_order_of_the_rest():
+    data = Dataset.from_dict({"prompt": list("abcde"), "chosen": list("CCCCC"), "rejected": list("RRRRR")})
+    result = hand_made_result([0.3, -1.0, 2.0, -0.5, 0.0])  # suspects in order: rows 1, 3, 4, 0, 2
+    cleaned = result.cleaned(data, 0.4)  # ⌊0.4 · 5⌋ = 2 pairs: rows 1 and 3
+    assert cleaned["prompt"] == ["a", "c", "e"]
+    assert result.cleaned(data, 0.0)["prompt"] == list("abcde")
+
+
+def test_cleaning_by_swap_exchanges_the_responses_and_toggles_the_flip_record():
+    data = Dataset.from_dict({"prompt": list("abc"), "chosen": ["c0", "c1", "c2"], "rejected": ["r0", "r1", "r2"],
+                              "label_flipped": [True, False, False]})
+    cleaned = hand_made_result([-2.0, 1.0, -1.0]).cleaned(data, 0.7, mode="swap")  # ⌊2.1⌋ = 2: rows 0 and 2
+    assert cleaned["chosen"] == ["r0", "c1", "r2"] and cleaned["rejected"] == ["c0", "r1", "c2"]
+    assert cleaned["label_flipped"] == [False, False, True]
+    assert data["chosen"] == ["c0", "c1", "c2"]  # the input is left as it was
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda r, d: r.cleaned(d.select([0]), 0.2), "pass the dataset that was audited"),
+        (lambda r, d: r.cleaned(d, 1.0), r"share must be in \[0, 1\)"),
+        (lambda r, d: r.cleaned(d, 0.2, mode="flip"), r"mode must be one of \['drop', 'swap'\]"),
+    ],
+)
+def test_cleaning_refuses_bad_arguments(call, message):
+    data = Dataset.from_dict({"prompt": ["a", "b"], "chosen": ["c", "c"], "rejected": ["r", "r"]})
+    with pytest.raises(ValueError, match=message):
+        call(hand_made_result([0.0, 1.0]), data)
 
 
 # --- ranking metrics against hand-computed values --------------------------------------------------------------------
@@ -449,6 +490,36 @@ def test_audit_command_reports_bad_input_before_loading_a_model(
     code = cli_main(["audit", "--model_name_or_path", tiny_model_path, "--ref_model", tiny_model_path,
                      "--dataset_name", str(tmp_path / "missing"), "--output_dir", str(out)])
     assert code == 2 and "does not exist" in capsys.readouterr().err
+
+    code = cli_main(["audit", "--model_name_or_path", tiny_model_path, "--ref_model", tiny_model_path,
+                     "--dataset_name", "builtin:tiny", "--output_dir", str(out), "--clean_share", "1.5"])
+    assert code == 2 and "--clean_share must be in [0, 1)" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_the_clean_and_retrain_recipe_runs_its_three_steps_and_cleans_what_the_audit_ranked_first(tmp_path):
+    script = Path(__file__).resolve().parent.parent / "recipes" / "clean_and_retrain.sh"
+    env = {**command_env(tmp_path), "PATH": f"{BIN}:{os.environ['PATH']}", "OUT": str(tmp_path / "run")}
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    run = tmp_path / "run"
+    # The audit saw the noisy split the first training saw (same flips): it can be scored against the flip record.
+    audit = [json.loads(line) for line in (run / "audit" / "audit.jsonl").read_text().splitlines()]
+    assert len(audit) == 64 and sum(p["label_flipped"] for p in audit) == 16  # 25% of the 64 built-in pairs
+    assert "AUROC" in (run / "audit" / "summary.md").read_text()
+    # The cleaned split is the noisy one without the audit's 12 (⌊0.2 · 64⌋) lowest-z rows.
+    noisy = flip_preferences(builtin_train_split(tmp_path), 0.25, seed=0)
+    kept = [noisy[p["row"]]["prompt"] for p in sorted(audit[12:], key=lambda p: p["row"])]
+    cleaned = [json.loads(line) for line in (run / "audit" / "cleaned" / "train.jsonl").read_text().splitlines()]
+    assert [row["prompt"] for row in cleaned] == kept
+    assert (run / "retrained" / "config.json").exists()
+    assert "- sigmoid" in (run / "retrained" / "README.md").read_text()  # retrained with plain DPO
+
+    # Run again into the same place: refused, nothing touched.
+    before = sorted(str(p) for p in run.rglob("*"))
+    again = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert again.returncode == 2 and "already holds files" in again.stderr
+    assert sorted(str(p) for p in run.rglob("*")) == before
 
 
 def test_top_level_help_lists_audit(capsys):

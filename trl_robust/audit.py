@@ -58,6 +58,7 @@ OUTPUT_FILES = {
     "summary": "summary.md",
     "histogram": "z_histogram.png",
 }
+CLEAN_MODES = ("drop", "swap")  # what clean-and-retrain does with the most suspicious pairs
 TOP_FRACTIONS = (0.05, 0.10, 0.20)  # precision@k is also reported at k = these shares of the pairs
 DEFAULT_FLIP_COLUMN = "label_flipped"  # what `trl_robust.data.flip_preferences` writes
 
@@ -105,6 +106,35 @@ class AuditResult:
     def most_suspicious(self, k: int) -> list[int]:
         """Input row indices of the `k` most suspicious pairs (lowest z first)."""
         return [pair["row"] for pair in self.pairs[:k]]
+
+    def cleaned(self, dataset, share: float, mode: str = "drop", flip_column: str | None = DEFAULT_FLIP_COLUMN):
+        """`dataset` (the one audited) with its ⌊share·n⌋ most suspicious pairs dropped or their labels swapped.
+
+        The clean step of clean-and-retrain. `mode="drop"` leaves the suspects out (rows keep their order);
+        `mode="swap"` exchanges their chosen and rejected responses, and toggles `flip_column` where the data has
+        it (the label is now the other one), so the cleaned data can be audited or benchmarked again.
+        """
+        if len(dataset) != len(self.pairs):
+            raise ValueError(f"the audit scored {len(self.pairs)} pairs; this dataset has {len(dataset)}: pass the "
+                             "dataset that was audited")
+        if isinstance(share, bool) or not isinstance(share, numbers.Real) or not 0 <= share < 1:
+            raise ValueError(f"share must be in [0, 1) (the share of the most suspicious pairs to clean), got {share!r}")
+        if mode not in CLEAN_MODES:
+            raise ValueError(f"mode must be one of {list(CLEAN_MODES)}, got {mode!r}")
+        suspects = set(self.most_suspicious(int(share * len(self.pairs) + 1e-9)))
+        if mode == "drop":
+            return dataset.select([row for row in range(len(dataset)) if row not in suspects])
+        toggles = flip_column is not None and flip_column in dataset.column_names
+
+        def swap(example, row):
+            if row not in suspects:
+                return {}
+            swapped = {"chosen": example["rejected"], "rejected": example["chosen"]}
+            if toggles:
+                swapped[flip_column] = not example[flip_column]
+            return swapped
+
+        return dataset.map(swap, with_indices=True)
 
     def z_by_row(self) -> list[float]:
         """z for each input row, in input order."""
@@ -807,6 +837,17 @@ class AuditArguments:
     dtype: str = field(default="auto", metadata={"help": "Load the models in this dtype: auto, float32, bfloat16."})
     use_cpu: bool = field(default=False, metadata={"help": "Run on the CPU even if a GPU is available."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Write into a non-empty output_dir."})
+    clean_share: float = field(
+        default=0.0,
+        metadata={"help": "Clean-and-retrain: also write `cleaned/train.jsonl` in output_dir, the audited split with its "
+                  "most suspicious pairs (this share, in [0, 1)) dropped or swapped; pass that directory as "
+                  "`--dataset_name` to retrain. 0 = write nothing more."},
+    )
+    clean_mode: str = field(
+        default="drop",
+        metadata={"help": "What `--clean_share` does with the suspects: `drop` them or `swap` chosen and rejected.",
+                  "choices": list(CLEAN_MODES)},
+    )
 
 
 def _load_cli_dataset(args: AuditArguments):
@@ -831,14 +872,21 @@ def _load_cli_dataset(args: AuditArguments):
     return dataset[args.dataset_train_split]
 
 
-def run_audit_command(args: AuditArguments) -> AuditResult:
-    """What `trl-robust audit` does: check, load the data, audit, print the summary and where the files went."""
+def run_audit_command(args: AuditArguments, noise=None) -> AuditResult:
+    """What `trl-robust audit` does: check, load the data, audit, print the summary and where the files went.
+
+    `noise` (`LabelNoiseArguments`): flip the loaded split exactly as `trl-robust dpo --flip_rate ...` did before
+    training on it (same rate, seed and mode give the same pairs), so a run on injected noise can be audited against
+    its flip record.
+    """
     from types import SimpleNamespace
 
     from .cli.builtin import materialise_builtins
 
     # Cheap checks first, before the dataset is downloaded or read.
     _check_settings(args.beta, args.per_device_eval_batch_size, args.max_length)
+    if not 0 <= args.clean_share < 1:
+        raise AuditInputError(f"--clean_share must be in [0, 1) (the share of pairs to clean), got {args.clean_share}")
     _check_output_dir(args.output_dir, args.overwrite_output_dir)
     hyperparameters = {
         name: getattr(args, name) for name in ("ropo_alpha", "sympo_reward_clip", "label_smoothing")
@@ -855,6 +903,10 @@ def run_audit_command(args: AuditArguments) -> AuditResult:
     materialise_builtins(holder, holder)
     args.dataset_name = holder.dataset_name
     dataset = _load_cli_dataset(args)
+    if noise is not None and noise.flip_rate > 0:
+        from .data import flip_preferences
+
+        dataset = flip_preferences(dataset, noise.flip_rate, seed=noise.flip_seed, mode=noise.flip_mode)
     result = audit_preferences(
         args.model_name_or_path,
         dataset,
@@ -875,6 +927,16 @@ def run_audit_command(args: AuditArguments) -> AuditResult:
     if PartialState().is_main_process:
         print(result.summary)
         print(f"Wrote {', '.join(result.paths.values())}")
+        if args.clean_share > 0:
+            cleaned = result.cleaned(dataset, args.clean_share, args.clean_mode, flip_column=args.flip_column or None)
+            path = Path(args.output_dir) / "cleaned" / "train.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cleaned.to_json(str(path))
+            result.paths["cleaned"] = str(path)
+            k = int(args.clean_share * len(dataset) + 1e-9)
+            action = "without" if args.clean_mode == "drop" else "with chosen/rejected swapped on"
+            print(f"Wrote {path}: the {len(dataset)} pairs {action} the {k} most suspicious ({len(cleaned)} pairs); "
+                  f"retrain with --dataset_name {path.parent}")
     return result
 
 
@@ -884,10 +946,12 @@ def main(argv: list[str] | None = None, prog: str = "trl-robust audit") -> int:
     from transformers import HfArgumentParser
 
     description = "Rank preference pairs by how likely their label is wrong (trl-robust's noisy-pair audit)."
-    parser = HfArgumentParser(AuditArguments, prog=prog, description=description)
-    (args,) = parser.parse_args_into_dataclasses(argv)
+    from .cli.arguments import LabelNoiseArguments
+
+    parser = HfArgumentParser((AuditArguments, LabelNoiseArguments), prog=prog, description=description)
+    args, noise = parser.parse_args_into_dataclasses(argv)
     try:
-        run_audit_command(args)
+        run_audit_command(args, noise)
     except AuditInputError as error:  # found alike on every rank, before any collective operation
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
