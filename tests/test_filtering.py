@@ -39,6 +39,16 @@ def test_suspected_pairs_are_the_lowest_margins_with_ties_to_the_earlier():
     assert suspected_pairs(torch.zeros(4), 0.5).tolist() == [True, True, False, False]
 
 
+def test_a_margin_cap_keeps_only_the_suspects_the_model_disagrees_with():
+    z = torch.tensor([0.5, -2.0, 3.0, -1.0, 0.2])
+    # ρ = 0.6 of 5 → the 3 lowest (rows 1, 3, 4); with max_margin 0 only the two with z < 0 remain suspects.
+    assert suspected_pairs(z, 0.6, max_margin=0.0).tolist() == [False, True, False, True, False]
+    # The cap never adds pairs beyond the ρ share: 4 pairs are below 1.0, ρ still allows 3.
+    assert suspected_pairs(z, 0.6, max_margin=1.0).tolist() == [False, True, False, True, True]
+    # On data the model agrees with everywhere, nothing is distrusted.
+    assert not suspected_pairs(torch.tensor([0.1, 0.4, 2.0]), 0.5, max_margin=0.0).any()
+
+
 def test_dropped_pairs_weigh_nothing_and_the_mean_is_over_the_kept_ones():
     # ℓ(z) = 1 − z for readable numbers; z = (1, −2, 0, 3), pair 1 suspected: kept losses 0, 1, −2 → mean −1/3.
     z = torch.tensor([1.0, -2.0, 0.0, 3.0])
@@ -123,6 +133,7 @@ def test_filtering_waits_for_the_warm_up_and_never_touches_evaluation(tiny_model
         ({"ropo_filter_warmup_steps": -1}, "`ropo_filter_warmup_steps` must be a whole number"),
         ({"ropo_filter_mode": "swap"}, r"`ropo_filter_mode` must be one of \['drop', 'correct'\]"),
         ({"ropo_filter_scope": "batch"}, r"`ropo_filter_scope` must be one of \['step', 'epoch'\]"),
+        ({"ropo_filter_max_margin": math.inf}, "`ropo_filter_max_margin` must be a finite"),
         ({"loss_type": "sigmoid", "ropo_filter_ratio": 0.2}, "filters the pairs of trl-robust's loss types"),
         ({"loss_type": ["drdpo"], "ropo_filter_ratio": 0.2}, r"cannot be combined with \['drdpo'\]"),
     ],
@@ -167,6 +178,12 @@ def test_the_epoch_filter_distrusts_the_lowest_margins_of_the_whole_training_set
     assert sorted(margins) == list(range(24))  # every input row, once
     lowest = sorted(margins, key=lambda row: (margins[row], row))[:6]  # ⌊0.25 · 24⌋ = 6 rows
     assert sorted(suspects) == sorted(lowest)
+    # With a margin cap, only those of them below it.
+    third, fourth = sorted(margins.values())[2:4]
+    cap = (third + fourth) / 2  # between the 3rd and 4th lowest: keeps 3 of the 6
+    trainer.args.ropo_filter_max_margin = cap
+    capped = sorted(row for row in lowest if margins[row] < cap)
+    assert len(capped) == 3 and sorted(trainer._choose_epoch_suspects()) == capped
     # The scoring pass left TRL's evaluation metrics as they were (nothing to log from it).
     assert not trainer._metrics["eval"]
 

@@ -51,6 +51,9 @@ class RobustDPOConfig(DPOConfig):
         Optimizer steps trained on every pair before filtering starts (the model must first learn what the
         clean majority says). With the epoch scope, filtering starts with the first epoch that begins at or after
         this step.
+    ropo_filter_max_margin (`float` or `None`, *optional*, defaults to `None`):
+        Distrust only pairs whose margin z is below this value, at most ρ of them. `0.0`: only pairs the model prefers
+        the other way round, so clean data loses little. `None`: the ρ lowest, whatever their margin.
     ropo_filter_mode (`str`, *optional*, defaults to `"drop"`):
         `"drop"`: suspected pairs get weight 0 and the others are rescaled so the loss stays a mean over the kept
         pairs. `"correct"`: suspected pairs are trained with chosen and rejected swapped (self-correction).
@@ -102,6 +105,13 @@ class RobustDPOConfig(DPOConfig):
     )
     ropo_filter_warmup_steps: int = field(
         default=0, metadata={"help": "Optimizer steps on every pair before ROPO's filtering starts."}
+    )
+    ropo_filter_max_margin: float | None = field(
+        default=None,
+        metadata={
+            "help": "Distrust only pairs whose margin z is below this value (at most the ρ share): 0 = only pairs the "
+            "model prefers the other way round, so clean data loses little. Default: the ρ lowest, whatever their z."
+        },
     )
     ropo_filter_mode: str = field(
         default="drop",
@@ -230,6 +240,9 @@ def _validate_filtering(args, registered) -> None:
     mode = robust_hyperparameter(args, "ropo_filter_mode")
     if mode not in FILTER_MODES:
         raise ValueError(f"`ropo_filter_mode` must be one of {list(FILTER_MODES)}, got {mode!r}.")
+    max_margin = robust_hyperparameter(args, "ropo_filter_max_margin")
+    if max_margin is not None:
+        _require_finite("ropo_filter_max_margin", max_margin)
     scope = robust_hyperparameter(args, "ropo_filter_scope")
     if scope not in FILTER_SCOPES:
         raise ValueError(f"`ropo_filter_scope` must be one of {list(FILTER_SCOPES)}, got {scope!r}.")

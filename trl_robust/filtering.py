@@ -25,12 +25,18 @@ def n_suspected(ratio: float, n_pairs: int) -> int:
     return int(ratio * n_pairs + 1e-9)  # the epsilon keeps 0.29 · 100 = 28.999… at 29
 
 
-def suspected_pairs(z: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Boolean mask of the ⌊ρ·n⌋ pairs with the lowest margin z (ties: the earlier pair first)."""
+def suspected_pairs(z: torch.Tensor, ratio: float, max_margin: float | None = None) -> torch.Tensor:
+    """Boolean mask of the ⌊ρ·n⌋ pairs with the lowest margin z (ties: the earlier pair first).
+
+    With `max_margin`, only those of them whose z is below it: e.g. 0 distrusts only pairs the model prefers the
+    other way round, so that on clean data, where few pairs have z < 0, little is filtered.
+    """
     mask = torch.zeros_like(z, dtype=torch.bool)
     k = n_suspected(ratio, z.numel())
     if k:
         mask[torch.argsort(z, stable=True)[:k]] = True
+    if max_margin is not None:
+        mask &= z < max_margin
     return mask
 
 

@@ -169,7 +169,7 @@ class RobustDPOTrainer(DPOTrainer):
             return None
         if n_suspected(ratio, len(pairs["z"])) == 0:
             return None
-        return suspected_pairs(pairs["z"], ratio)
+        return suspected_pairs(pairs["z"], ratio, robust_hyperparameter(self.args, "ropo_filter_max_margin"))
 
     # --- ROPO's per-epoch filter -----------------------------------------------------------------------------------
 
@@ -209,11 +209,13 @@ class RobustDPOTrainer(DPOTrainer):
         return margins
 
     def _choose_epoch_suspects(self) -> list[int]:
-        """Score the training set; the ⌊ρ·N⌋ rows with the lowest margin (ties: the lower row first)."""
+        """Score the training set; the ⌊ρ·N⌋ rows with the lowest margin (ties: the lower row first), only those below
+        `ropo_filter_max_margin` if it is set."""
         margins = self._score_training_set()
         rows = sorted(margins)
         z = torch.tensor([margins[row] for row in rows], dtype=torch.float64)
-        chosen = suspected_pairs(z, robust_hyperparameter(self.args, "ropo_filter_ratio"))
+        ratio = robust_hyperparameter(self.args, "ropo_filter_ratio")
+        chosen = suspected_pairs(z, ratio, robust_hyperparameter(self.args, "ropo_filter_max_margin"))
         return [row for row, suspect in zip(rows, chosen.tolist()) if suspect]
 
     def _set_epoch_suspects(self, rows: list[int] | None) -> None:
