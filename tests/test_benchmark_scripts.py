@@ -25,20 +25,29 @@ def test_overhead_benchmark_reports_ratios_against_stock_trl(tmp_path):
         assert 0.2 < float(row.split("|")[5]) < 5  # a real measurement, not a placeholder
 
 
-def test_audit_retrain_benchmark_reports_auroc_and_the_retrained_dpo(tmp_path):
+def test_noise_benchmark_reports_every_method_family_and_the_audit(tmp_path):
     run = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "audit_retrain.py"), "--quick", "--output_dir", str(tmp_path)],
+        [sys.executable, str(REPO / "benchmarks" / "noise_robustness.py"), "--quick", "--output_dir", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    rows = [line.split("|")[1:-1] for line in (tmp_path / "audit_retrain.md").read_text().splitlines()
-            if line.startswith("| 0%") or line.startswith("| 40%")]
-    assert [row[0].strip() for row in rows] == ["0%", "40%"]
-    zero, forty = rows
-    assert zero[1].strip() == "–"  # no flipped pair at 0%: no AUROC
-    auroc = float(forty[2].split("±")[0])
-    assert 0 <= auroc <= 1
-    records = [json.loads(line) for line in (tmp_path / "audit_retrain.jsonl").read_text().splitlines()]
-    # DPO and ROPO audited at both rates; the ROPO rows carry the DPO retrained on what their audit kept.
-    assert sorted((r["method"], r["flip_rate"]) for r in records) == [("DPO", 0.0), ("DPO", 0.4), ("ROPO", 0.0), ("ROPO", 0.4)]
-    assert all("retrained_dpo_early_stopped_accuracy" in r for r in records if r["method"] == "ROPO")
+    report = (tmp_path / "noise_robustness.md").read_text()
+    records = [json.loads(line) for line in (tmp_path / "noise_robustness.jsonl").read_text().splitlines()]
+    # The quick grid: DPO, ROPO, ROPO with the epoch filter, and DPO retrained on the ROPO audit's cleaned data.
+    methods = {"DPO", "ROPO", "ROPO + epoch filter (correct)", "Audit-clean-retrain (DPO)"}
+    assert {(r["method"], r["flip_rate"]) for r in records} == {(m, rate) for m in methods for rate in (0.0, 0.4)}
+    for record in records:
+        assert len(record["clean_accuracy"]) == len(record["noisy_val_accuracy"]) == 3  # one value per epoch
+    retrained = [r for r in records if r["method"] == "Audit-clean-retrain (DPO)"]
+    assert all(r["drop_rows"] == 60 for r in retrained)  # 20% of the 300 training pairs
+    audited = {r["method"]: r for r in records if r["flip_rate"] == 0.4 and "audit_auroc" in r}
+    assert sorted(audited) == ["DPO", "ROPO"] and all(0 <= r["audit_auroc"] <= 1 for r in audited.values())
+    filtered = next(r for r in records if r["method"] == "ROPO + epoch filter (correct)" and r["flip_rate"] == 0.4)
+    assert filtered["filter_precision"][0] is None and 0 <= filtered["filter_precision"][-1] <= 1  # after warm-up
+    for section in ("Share of the noise gap recovered", "Difference from early-stopped DPO on the same seed",
+                    "Noisy-pair audit of the final policies"):
+        assert f"## {section}" in report
+    audit_section = report.split("## Noisy-pair audit of the final policies")[1].split("\n## ")[0]
+    (audit_row,) = [line for line in audit_section.splitlines() if line.startswith("| ROPO | ")]
+    assert 0 <= float(audit_row.split("|")[2].split("±")[0]) <= 1
+    assert (tmp_path / "noise_robustness.png").stat().st_size > 10_000

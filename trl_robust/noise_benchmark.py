@@ -16,7 +16,7 @@ import os
 import random
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 # ROPO's filter in the benchmark: ρ = 0.2 whatever the true flip rate (a user does not know it; not tuned), starting
@@ -34,7 +34,24 @@ METHODS = {
     "SymPO-ramp": ("sympo_ramp", False, {}),
     "ROPO + filter (drop)": ("ropo", False, {**FILTER, "ropo_filter_mode": "drop"}),
     "ROPO + filter (correct)": ("ropo", False, {**FILTER, "ropo_filter_mode": "correct"}),
+    "ROPO + epoch filter (drop)": ("ropo", False, {**FILTER, "ropo_filter_scope": "epoch", "ropo_filter_mode": "drop"}),
+    "ROPO + epoch filter (correct)": (
+        "ropo", False, {**FILTER, "ropo_filter_scope": "epoch", "ropo_filter_mode": "correct"}
+    ),
+    # The filter only where the model disagrees with the label (z < 0), at most ρ: less lost on clean data.
+    "ROPO + epoch filter (drop, z < 0)": (
+        "ropo", False, {**FILTER, "ropo_filter_scope": "epoch", "ropo_filter_mode": "drop", "ropo_filter_max_margin": 0.0}
+    ),
+    "ROPO + epoch filter (correct, z < 0)": (
+        "ropo", False,
+        {**FILTER, "ropo_filter_scope": "epoch", "ropo_filter_mode": "correct", "ropo_filter_max_margin": 0.0},
+    ),
+    # Trained on what the audit of the final ROPO policy kept: the training split without its most suspicious pairs.
+    "Audit-clean-retrain (DPO)": ("sigmoid", False, {}),
 }
+AUDIT_RETRAIN = "Audit-clean-retrain (DPO)"
+AUDITED = ("DPO", "ROPO")  # policies whose final models are audited (AUROC), ROPO's also for the retrain
+AUDIT_DROP_SHARE = 0.2  # the share of the most suspicious pairs left out: ρ of the filter, not the true flip rate
 
 
 @dataclass(frozen=True)
@@ -194,6 +211,52 @@ def run_job(job: Job, root) -> dict:
     }
 
 
+def audit_job(job: Job, root) -> dict:
+    """Audit `job`'s noisy training split with its saved final model (`trl_robust.audit`): AUROC, top suspects."""
+    import torch
+
+    from .audit import audit_preferences
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))  # runs alone, between the two grids
+    result = audit_preferences(
+        str(run_dir(root, job)),
+        noisy_train_split(root, job),
+        ref_model=str(task_dir(root, job.seed) / "reference"),
+        beta=job.setting.beta,
+        batch_size=100,
+        use_cpu=True,
+        show_progress=False,
+    )
+    k = int(AUDIT_DROP_SHARE * len(result.pairs))
+    flipped = sum(bool(pair["label_flipped"]) for pair in result.pairs[:k])
+    return {"audit_auroc": result.auroc, "audit_precision_top": flipped / k if k else None,
+            "suspects": result.most_suspicious(k)}
+
+
+def run_with_audit_retrain(jobs: list[Job], root, workers: int = 2, results_file=None, progress=True) -> list[dict]:
+    """`run_grid(jobs)`, then audit the final DPO and ROPO policies and retrain DPO without the ROPO audit's suspects.
+
+    The audited runs get `audit_auroc` and `audit_precision_top` in their results; the retrained runs are the method
+    `AUDIT_RETRAIN`. `results_file` is rewritten at the end with every result.
+    """
+    jobs = [replace(j, save=True) if j.method in AUDITED and j.noise == "symmetric" else j for j in jobs]
+    results = run_grid(jobs, root, workers=workers, results_file=results_file, progress=progress)
+    retrain = []
+    for result in results:
+        if not result.get("save"):
+            continue
+        job = Job(result["method"], result["noise"], result["flip_rate"], result["seed"], Setting(**result["setting"]))
+        audit = audit_job(replace(job, save=True), root)
+        suspects = audit.pop("suspects")
+        result.update(audit)
+        if job.method == "ROPO":
+            retrain.append(replace(job, method=AUDIT_RETRAIN, drop_rows=tuple(sorted(suspects))))
+    results += run_grid(retrain, root, workers=workers, results_file=results_file, progress=progress)
+    if results_file is not None:
+        Path(results_file).write_text("".join(json.dumps(r) + "\n" for r in results))
+    return results
+
+
 def _run_job_star(arguments):
     return run_job(*arguments)
 
@@ -271,6 +334,15 @@ def markdown_table(results: list[dict], metric: str, scale: float = 100.0, digit
     return "\n".join(lines)
 
 
+def _method_style(method: str) -> dict:
+    """One colour per method (METHODS order, 20 colours) and a line style per family: loss only, filter, retrain."""
+    import matplotlib
+
+    colour = matplotlib.colormaps["tab20"](list(METHODS).index(method) % 20)
+    dashes = "--" if "filter" in method else ":" if method == AUDIT_RETRAIN else "-"
+    return {"color": colour, "linestyle": dashes}
+
+
 def plot(results: list[dict], path) -> None:
     """Metric vs flip rate (one line per method), and clean accuracy over training at the highest flip rate."""
     import matplotlib
@@ -286,7 +358,7 @@ def plot(results: list[dict], path) -> None:
         ("final_accuracy", "clean accuracy after the last epoch (%)", 100),
         ("final_reward_gain", "true-reward gain over reference, last epoch", 1),
     ]
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5 * (len(panels) + 1), 4.2))
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5 * (len(panels) + 1), 4.6))
     for ax, (metric, label, scale) in zip(axes, panels):
         for method in methods:
             rates = [r for r in symmetric if ("symmetric", r, method) in table]  # not every method runs every rate
@@ -298,6 +370,7 @@ def plot(results: list[dict], path) -> None:
                 marker="o",
                 capsize=3,
                 label=method,
+                **_method_style(method),
             )
         ax.set_xlabel("symmetric flip rate (%)")
         ax.set_ylabel(label)
@@ -308,12 +381,13 @@ def plot(results: list[dict], path) -> None:
         curves = [r["clean_accuracy"] for r in results if r["method"] == method and r["noise"] == "symmetric" and r["flip_rate"] == worst]
         if curves:
             mean_curve = [100 * statistics.fmean(c[i] for c in curves) for i in range(min(map(len, curves)))]
-            ax.plot(range(1, len(mean_curve) + 1), mean_curve, marker=".", label=method)
+            ax.plot(range(1, len(mean_curve) + 1), mean_curve, marker=".", label=method, **_method_style(method))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"clean accuracy at {int(worst * 100)}% flips (%)")
     ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * math.ceil(len(labels) / 6), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -377,6 +451,55 @@ def gap_recovered_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def paired_difference_table(results: list[dict], metric: str = "early_stopped_accuracy") -> str:
+    """Per method and symmetric flip rate: (method − DPO) on the same seed, in points, mean ± std over seeds.
+
+    Pairing by seed removes what the methods share within a seed (the task, the flips, the initialisation), so the
+    spread left is that of the difference itself; a cell marked ✓ has a mean above its spread.
+    """
+    by_run = {(r["noise"], r["flip_rate"], r["method"], r["seed"]): summarise(r)[metric] for r in results}
+    rates = sorted({k[1] for k in by_run if k[0] == "symmetric" and k[2] == "DPO"})
+    methods = [m for m in METHODS if m != "DPO" and any(k[2] == m for k in by_run)]
+    lines = ["| method | " + " | ".join(f"{int(100 * r)}%" for r in rates) + " |", "|---" * (len(rates) + 1) + "|"]
+    for method in methods:
+        cells = []
+        for rate in rates:
+            seeds = sorted(k[3] for k in by_run if k[:3] == ("symmetric", rate, method))
+            diffs = [100 * (by_run[("symmetric", rate, method, s)] - by_run[("symmetric", rate, "DPO", s)])
+                     for s in seeds if ("symmetric", rate, "DPO", s) in by_run]
+            if not diffs:
+                cells.append("–")
+                continue
+            mean, std = mean_std(diffs)
+            cells.append(f"{mean:+.1f} ± {std:.1f}" + (" ✓" if len(diffs) > 1 and mean > std else ""))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def audit_table(results: list[dict]) -> str:
+    """Audit AUROC and precision of the top `AUDIT_DROP_SHARE` suspects, by trained policy and flip rate."""
+    audited = [r for r in results if r.get("audit_auroc") is not None or r.get("audit_precision_top") is not None]
+    rates = sorted({r["flip_rate"] for r in audited})
+    if not rates:
+        return "(no audited runs)"
+
+    def cell(method, rate, key):
+        values = [r[key] for r in audited if r["method"] == method and r["flip_rate"] == rate and r.get(key) is not None]
+        if not values:
+            return "–"
+        mean, std = mean_std(values)
+        return f"{mean:.3f} ± {std:.3f}"
+
+    header = "| policy audited | " + " | ".join(f"AUROC at {r:.0%}" for r in rates if r > 0)
+    header += " | " + " | ".join(f"precision of the top {AUDIT_DROP_SHARE:.0%} at {r:.0%}" for r in rates if r > 0)
+    lines = [header + " |", "|---" * (1 + 2 * len([r for r in rates if r > 0])) + "|"]
+    for method in AUDITED:
+        cells = [cell(method, r, "audit_auroc") for r in rates if r > 0]
+        cells += [cell(method, r, "audit_precision_top") for r in rates if r > 0]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def report(results: list[dict], setting: Setting, command: str, minutes: float) -> str:
     """The markdown written next to the plot: settings, then one table per metric (mean ± std over seeds)."""
     seeds = sorted({r["seed"] for r in results})
@@ -392,6 +515,15 @@ def report(results: list[dict], setting: Setting, command: str, minutes: float) 
         "(method − DPO at this flip rate) / (DPO at 0% − DPO at this flip rate), DPO early-stopped on the noisy "
         "validation split. 0 = no better than early-stopped DPO, 1 = as good as DPO on clean labels.",
         gap_recovered_table(results),
+        "## Difference from early-stopped DPO on the same seed (points of clean accuracy)",
+        "Early-stopped accuracy of the method minus DPO's, seed by seed; mean ± std over seeds. ✓: the mean is above "
+        "the spread of the paired differences.",
+        paired_difference_table(results),
+        "## Noisy-pair audit of the final policies",
+        f"`trl_robust.audit` on the noisy training split with the last-epoch DPO and ROPO models: AUROC of the suspicion "
+        f"−z for the truly flipped pairs (0.5 = chance), and the share of flipped pairs among the {AUDIT_DROP_SHARE:.0%} "
+        f"most suspicious. `{AUDIT_RETRAIN}` retrains DPO without the ROPO audit's top {AUDIT_DROP_SHARE:.0%}.",
+        audit_table(results),
     ]
     for metric, title, scale, digits in [
         ("early_stopped_accuracy", "Clean held-out preference accuracy (%) at the epoch with the best *noisy* validation accuracy", 100, 1),
