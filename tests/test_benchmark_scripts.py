@@ -36,8 +36,9 @@ def test_noise_benchmark_reports_every_method_family_and_the_audit(tmp_path):
     # The quick grid: DPO, ROPO, ROPO with the epoch filter, and DPO retrained on the ROPO audit's cleaned data.
     methods = {"DPO", "ROPO", "ROPO + epoch filter (correct)", "Audit-clean-retrain (DPO)"}
     assert {(r["method"], r["flip_rate"]) for r in records} == {(m, rate) for m in methods for rate in (0.0, 0.4)}
-    for record in records:
-        assert len(record["clean_accuracy"]) == len(record["noisy_val_accuracy"]) == 3  # one value per epoch
+    for record in records:  # one value per epoch
+        assert len(record["clean_accuracy"]) == len(record["noisy_val_accuracy"]) == len(record["reward_gain"]) == 3
+        assert all(0.0 <= accuracy <= 1.0 for accuracy in record["clean_accuracy"])
     retrained = [r for r in records if r["method"] == "Audit-clean-retrain (DPO)"]
     assert all(r["drop_rows"] == 60 for r in retrained)  # 20% of the 300 training pairs
     audited = {r["method"]: r for r in records if r["flip_rate"] == 0.4 and "audit_auroc" in r}

@@ -246,7 +246,7 @@ def run_with_audit_retrain(jobs: list[Job], root, workers: int = 2, results_file
         if not result.get("save"):
             continue
         job = Job(result["method"], result["noise"], result["flip_rate"], result["seed"], Setting(**result["setting"]))
-        audit = audit_job(replace(job, save=True), root)
+        audit = audit_job(job, root)
         suspects = audit.pop("suspects")
         result.update(audit)
         if job.method == "ROPO":
