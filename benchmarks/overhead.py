@@ -1,7 +1,8 @@
 """Overhead of the robust losses against stock TRL, measured side by side in one run.
 
 For each model size, stock `trl.DPOTrainer` with `loss_type="sigmoid"` and `RobustDPOTrainer` with `sigmoid`, `ropo`,
-`sympo_sigmoid` and `sympo_ramp` train the same model on the same data. Every measurement runs in a fresh process
+`sympo_sigmoid`, `sympo_ramp` and `ropo` with ROPO's per-step filter (ρ 0.2, from the first step) train the same model
+on the same data. Every measurement runs in a fresh process
 (so peak memory is that configuration's own), and the configurations are interleaved over several rounds so that
 drift in machine load hits all of them alike; the median over rounds is reported, as a ratio to stock TRL.
 
@@ -24,8 +25,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from transformers import HfArgumentParser  # noqa: E402
 
-CONFIGS = [("stock TRL", "sigmoid"), ("trl-robust", "sigmoid"), ("trl-robust", "ropo"),
-           ("trl-robust", "sympo_sigmoid"), ("trl-robust", "sympo_ramp")]
+# (trainer, loss_type, extra config fields)
+CONFIGS = [("stock TRL", "sigmoid", ()), ("trl-robust", "sigmoid", ()), ("trl-robust", "ropo", ()),
+           ("trl-robust", "sympo_sigmoid", ()), ("trl-robust", "sympo_ramp", ()),
+           ("trl-robust", "ropo", (("ropo_filter_ratio", 0.2),))]
 MODELS = {"tiny": dict(hidden_size=32, num_layers=2), "small": dict(hidden_size=512, num_layers=8)}
 
 
@@ -36,7 +39,7 @@ class OverheadArguments:
     rounds: int = field(default=5, metadata={"help": "Interleaved rounds; the median is reported."})
 
 
-def measure(trainer_kind: str, loss_type: str, model_path: str, steps: int, batch_size: int) -> dict:
+def measure(trainer_kind: str, loss_type: str, extra: tuple, model_path: str, steps: int, batch_size: int) -> dict:
     """Train `steps` steps after 3 warm-up steps in this (fresh) process; return steps/s and peak memory."""
     import resource
 
@@ -74,6 +77,7 @@ def measure(trainer_kind: str, loss_type: str, model_path: str, steps: int, batc
         gradient_checkpointing=False,
         disable_tqdm=True,
         bf16=False,
+        **dict(extra),
     )
     dataset = Dataset.from_list(tiny_preference_records(n=batch_size * (steps + 3), seed=0))
     trainer = trainer_cls(model=model_path, args=args, train_dataset=dataset, callbacks=[Clock()])
@@ -109,7 +113,7 @@ def main(argv=None) -> None:
     for name, shape in models.items():
         path = make_tiny_model(work / name, **shape)
         n_params = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(path).parameters())
-        steps, batch = {"tiny": (60, 16), "small": (8, 8)}[name] if not args.quick else (10, 8)
+        steps, batch = {"tiny": (60, 16), "small": (24, 8)}[name] if not args.quick else (10, 8)
         samples = {config: [] for config in CONFIGS}
         for _ in range(rounds):
             for config in CONFIGS:
@@ -120,8 +124,9 @@ def main(argv=None) -> None:
         for config in CONFIGS:
             speed = statistics.median(s["steps_per_second"] for s in samples[config])
             memory = statistics.median(s["peak_memory_mib"] for s in samples[config])
+            label = f"`{config[1]}`" + (" + filter (ρ 0.2, per step)" if config[2] else "")
             lines.append(
-                f"| {name} ({n_params / 1e6:.2f}M) | {config[0]} | `{config[1]}` | {speed:.2f} | {speed / base_speed:.3f} "
+                f"| {name} ({n_params / 1e6:.2f}M) | {config[0]} | {label} | {speed:.2f} | {speed / base_speed:.3f} "
                 f"| {memory:.0f} | {memory / base_memory:.3f} |"
             )
     report = "\n".join(lines) + "\n"

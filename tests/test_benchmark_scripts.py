@@ -18,6 +18,7 @@ def test_overhead_benchmark_reports_ratios_against_stock_trl(tmp_path):
     assert [row.split("|")[2:4] for row in rows] == [
         [" stock TRL ", " `sigmoid` "], [" trl-robust ", " `sigmoid` "], [" trl-robust ", " `ropo` "],
         [" trl-robust ", " `sympo_sigmoid` "], [" trl-robust ", " `sympo_ramp` "],
+        [" trl-robust ", " `ropo` + filter (ρ 0.2, per step) "],
     ]
     speed_ratio, memory_ratio = float(rows[0].split("|")[5]), float(rows[0].split("|")[7])
     assert speed_ratio == memory_ratio == 1.0  # the baseline against itself
