@@ -15,7 +15,8 @@
 #                                scored against the flip record; the audit flips the same pairs. 0 = the data as is
 #   BETA=0.1                     β of the first training (the audit needs the same β)
 #   CLEAN_SHARE=0.2              share of the most suspicious pairs to clean; keep it at or below the share of labels
-#                                you believe wrong (on the synthetic benchmark 0.2 helped at 40% flips, not at 20%)
+#                                you believe wrong (on the synthetic benchmark, retraining DPO without the top 20% was
+#                                level with early-stopped DPO at 20-40% flips: README, noise benchmark)
 #   CLEAN_MODE=drop              `drop` the suspects, or `swap` their chosen and rejected
 #   TRAIN_CONFIG, RETRAIN_CONFIG recipes for the two trainings [recipes/tiny_offline.yaml, a ROPO recipe]
 #   RETRAIN_ARGS                 extra arguments of the retraining ["--loss_type sigmoid --eval_strategy no": plain
