@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from .cli.arguments import listing_if_not_empty, looks_like_local_path
 from .data import ROW_COLUMN
+from .filtering import n_suspected
 
 # The loss name the audit trainer puts in TRL's loop. Never registered: it only has to reach the hook, which TRL's loop
 # calls for any name its if/elif chain does not know.
@@ -121,7 +122,7 @@ class AuditResult:
             raise ValueError(f"share must be in [0, 1) (the share of the most suspicious pairs to clean), got {share!r}")
         if mode not in CLEAN_MODES:
             raise ValueError(f"mode must be one of {list(CLEAN_MODES)}, got {mode!r}")
-        suspects = set(self.most_suspicious(int(share * len(self.pairs) + 1e-9)))
+        suspects = set(self.most_suspicious(n_suspected(share, len(self.pairs))))
         if mode == "drop":
             return dataset.select([row for row in range(len(dataset)) if row not in suspects])
         toggles = flip_column is not None and flip_column in dataset.column_names
@@ -933,7 +934,7 @@ def run_audit_command(args: AuditArguments, noise=None) -> AuditResult:
             path.parent.mkdir(parents=True, exist_ok=True)
             cleaned.to_json(str(path))
             result.paths["cleaned"] = str(path)
-            k = int(args.clean_share * len(dataset) + 1e-9)
+            k = n_suspected(args.clean_share, len(dataset))
             action = "without" if args.clean_mode == "drop" else "with chosen/rejected swapped on"
             print(f"Wrote {path}: the {len(dataset)} pairs {action} the {k} most suspicious ({len(cleaned)} pairs); "
                   f"retrain with --dataset_name {path.parent}")

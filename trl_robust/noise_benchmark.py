@@ -216,6 +216,7 @@ def audit_job(job: Job, root) -> dict:
     import torch
 
     from .audit import audit_preferences
+    from .filtering import n_suspected
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))  # runs alone, between the two grids
     result = audit_preferences(
@@ -227,7 +228,7 @@ def audit_job(job: Job, root) -> dict:
         use_cpu=True,
         show_progress=False,
     )
-    k = int(AUDIT_DROP_SHARE * len(result.pairs))
+    k = n_suspected(AUDIT_DROP_SHARE, len(result.pairs))
     flipped = sum(bool(pair["label_flipped"]) for pair in result.pairs[:k])
     return {"audit_auroc": result.auroc, "audit_precision_top": flipped / k if k else None,
             "suspects": result.most_suspicious(k)}
@@ -240,12 +241,13 @@ def run_with_audit_retrain(jobs: list[Job], root, workers: int = 2, results_file
     `AUDIT_RETRAIN`. `results_file` is rewritten at the end with every result.
     """
     jobs = [replace(j, save=True) if j.method in AUDITED and j.noise == "symmetric" else j for j in jobs]
+    saved = {(j.method, j.noise, j.flip_rate, j.seed): j for j in jobs if j.save}
     results = run_grid(jobs, root, workers=workers, results_file=results_file, progress=progress)
     retrain = []
     for result in results:
-        if not result.get("save"):
+        job = saved.get((result["method"], result["noise"], result["flip_rate"], result["seed"]))
+        if job is None:
             continue
-        job = Job(result["method"], result["noise"], result["flip_rate"], result["seed"], Setting(**result["setting"]))
         audit = audit_job(job, root)
         suspects = audit.pop("suspects")
         result.update(audit)
