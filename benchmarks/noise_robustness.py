@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from transformers import HfArgumentParser  # noqa: E402
 
-from trl_robust import noise_benchmark as nb  # noqa: E402
+from trl_robust.experiments import noise_benchmark as nb  # noqa: E402
 
 
 @dataclass

@@ -463,7 +463,7 @@ def test_two_processes_score_every_row_once_as_one_process_does(cli_run):
     launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
     result = subprocess.run(
-        [*launch, "-m", "trl_robust.audit", *argv, "--use_cpu", "true", "--output_dir", str(tmp / "two")],
+        [*launch, "-m", "trl_robust.scripts.audit", *argv, "--use_cpu", "true", "--output_dir", str(tmp / "two")],
         capture_output=True, text=True, env=command_env(tmp), cwd=tmp, timeout=180,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]  # a rank hanging at exit times out

@@ -8,6 +8,8 @@ from trl_robust import RobustDPOTrainer
 
 from .conftest import first_batch, perturb_, train_args
 
+pytestmark = pytest.mark.parity  # also run against every TRL minor release in the range (.ci/run)
+
 
 def loss_and_grads(trainer_cls, model_path, dataset, args):
     trainer = trainer_cls(model=model_path, args=args, train_dataset=dataset)

@@ -10,6 +10,8 @@ import trl
 import trl_robust
 from trl_robust import RobustDPOConfig, RobustDPOTrainer
 
+pytestmark = pytest.mark.parity  # also run against every TRL minor release in the range (.ci/run)
+
 ORIGINAL_TRAINER, ORIGINAL_CONFIG = trl.trainer.dpo_trainer.DPOTrainer, trl.trainer.dpo_config.DPOConfig
 
 

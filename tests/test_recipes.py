@@ -9,7 +9,10 @@ import yaml
 
 from trl_robust.cli.arguments import parse_dpo_args
 from trl_robust.cli.builtin import is_builtin
-from trl_robust.registry import registered_loss_types
+from trl_robust.config import RobustDPOConfig
+from trl_robust.registry import get_loss_spec, registered_loss_types
+
+TRL_FIELDS = set(RobustDPOConfig.__mro__[1].__dataclass_fields__)  # trl.DPOConfig's own fields
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
 # The GPU recipes set `bf16: true`, which TrainingArguments refuses on a machine without a GPU unless `use_cpu` is set.
@@ -21,9 +24,10 @@ def parse_recipe(recipe: Path):
     return parse_dpo_args(["--config", str(recipe), *NO_GPU_OVERRIDE])
 
 
-def test_recipes_cover_every_robust_loss_and_the_adapter_variants():
+def test_recipes_cover_every_loss_of_the_package_and_the_adapter_variants():
     names = {recipe.stem for recipe in RECIPES}
-    assert set(registered_loss_types()) <= names
+    ours = {name for name in registered_loss_types() if get_loss_spec(name).fn.__module__ == "trl_robust.losses"}
+    assert ours and ours <= names  # (a third party's loss may come without a recipe)
     assert {"ropo_lora", "ropo_qlora", "tiny_offline"} <= names
 
 
@@ -35,14 +39,16 @@ def test_recipe_parses_at_the_papers_defaults(recipe):
     assert recipe.stem.startswith(loss_type) or recipe.stem == "tiny_offline"
     assert loss_type in registered_loss_types()
     assert config.beta == 0.1
-    if loss_type == "ropo":
-        assert config.ropo_alpha == 14.0
-    elif loss_type == "cdpo":
-        assert 0 < config.label_smoothing < 0.5
-    elif loss_type == "drdpo":
-        assert config.drdpo_beta_prime == 1.0
-    else:
-        assert config.sympo_reward_clip == 10.0
+    spec = get_loss_spec(loss_type)
+    for hyperparameter in spec.hyperparameters.values():
+        value = getattr(config, hyperparameter.attribute)
+        if hyperparameter.attribute in TRL_FIELDS:  # a TRL field the loss reads (cDPO's ε): set, and valid for it
+            assert value != hyperparameter.default
+            hyperparameter.validate(value)
+        else:  # a field trl-robust adds: the registered (paper's) default
+            assert value == hyperparameter.default
+    if spec.uses_reward_clip:
+        assert config.sympo_reward_clip == RobustDPOConfig.sympo_reward_clip == 10.0
     if recipe.stem == "ropo_filter":
         assert config.ropo_filter_ratio > 0 and config.ropo_filter_warmup_steps > 0
     assert args.launch_args == []  # single-process recipes: nothing for `accelerate launch`

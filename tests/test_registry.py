@@ -8,7 +8,7 @@ import trl
 
 import trl_robust
 from trl_robust import RobustDPOConfig, RobustDPOTrainer, register_loss, unregister_loss
-from trl_robust.dispatch import trl_builtin_loss_types
+from trl_robust.compat import trl_builtin_loss_types
 
 from .conftest import train_args
 

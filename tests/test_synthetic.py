@@ -3,8 +3,8 @@
 import pytest
 from transformers import AutoModelForCausalLM
 
-from trl_robust import noise_benchmark as nb
-from trl_robust.synthetic import RewardModel, fit_reference_policy, make_preference_pairs, sample_responses
+from trl_robust.experiments import noise_benchmark as nb
+from trl_robust.experiments.synthetic import RewardModel, fit_reference_policy, make_preference_pairs, sample_responses
 
 
 def test_true_reward_by_hand():

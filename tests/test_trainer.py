@@ -97,6 +97,7 @@ def test_training_changes_every_trainable_parameter(
         ("drdpo", {"beta": 2.0, "drdpo_beta_prime": 0.5}),
     ],
 )
+@pytest.mark.parity
 def test_loss_and_metrics_match_independent_computation(tiny_model_path, preference_dataset, tmp_path, loss_type, overrides):
     args = train_args(tmp_path, loss_type=loss_type, per_device_train_batch_size=8, **overrides)
     trainer = RobustDPOTrainer(model=tiny_model_path, args=args, train_dataset=preference_dataset)

@@ -5,17 +5,26 @@ Switch an existing TRL DPO script by changing one import,
     from trl_robust import DPOConfig, DPOTrainer      # instead of `from trl import ...`
     config = DPOConfig(loss_type="ropo", ...)
 
-or keep the script unmodified and call `trl_robust.patch_trl()` first. Importing this package changes
-nothing in TRL.
+or keep the script unmodified and call `trl_robust.patch_trl()` first. Importing this package changes nothing in TRL
+and reads none of TRL's private code: the installed TRL is checked at the first trainer construction
+(`trl_robust.compat`).
 """
 
 __version__ = "0.1.0"
 
+from .compat import SUPPORTED_TRL, IncompatibleTRLError
 from .config import RobustDPOConfig
-from .dispatch import SUPPORTED_TRL, IncompatibleTRLError
-from .patching import is_trl_patched, patch_trl, unpatch_trl
-from .registry import LossSpec, Paper, available_loss_types, get_loss_spec, register_loss, unregister_loss
-from .trainer import RobustDPOTrainer
+from .integration.patching import is_trl_patched, patch_trl, unpatch_trl
+from .integration.trainer import RobustDPOTrainer
+from .registry import (
+    Hyperparameter,
+    LossSpec,
+    Paper,
+    available_loss_types,
+    get_loss_spec,
+    register_loss,
+    unregister_loss,
+)
 
 # One-line switch from TRL: `from trl_robust import DPOConfig, DPOTrainer`.
 DPOConfig = RobustDPOConfig
@@ -25,6 +34,7 @@ __all__ = [
     "SUPPORTED_TRL",
     "DPOConfig",
     "DPOTrainer",
+    "Hyperparameter",
     "IncompatibleTRLError",
     "LossSpec",
     "Paper",

@@ -9,7 +9,15 @@ from packaging.version import Version
 from trl import DPOConfig
 
 from .filtering import FILTER_MODES, FILTER_SCOPES
-from .registry import available_loss_types, get_loss_spec, unknown_loss_type_error
+from .registry import (
+    DRDPO_BETA_PRIME,
+    ROPO_ALPHA,
+    available_loss_types,
+    get_loss_spec,
+    hyperparameter_defaults,
+    registered_hyperparameters,
+    unknown_loss_type_error,
+)
 
 
 @dataclass
@@ -60,7 +68,7 @@ class RobustDPOConfig(DPOConfig):
     """
 
     ropo_alpha: float = field(
-        default=14.0,
+        default=ROPO_ALPHA.default,
         metadata={
             "help": "α of the ROPO loss (Liang et al., ICML 2025, arXiv 2404.04102), used with `loss_type='ropo'`: "
             "weight of the symmetric σ(−z) term against the DPO term. Must be > 0. The paper recommends 14 "
@@ -78,7 +86,7 @@ class RobustDPOConfig(DPOConfig):
     )
 
     drdpo_beta_prime: float = field(
-        default=1.0,
+        default=DRDPO_BETA_PRIME.default,
         metadata={
             "help": "β′ of Dr. DPO (Wu et al., arXiv 2407.07880), used with `loss_type='drdpo'`: temperature of the "
             "weighting over the pairs of a batch. Must be > 0 (the paper uses 1); large β′ approaches DPO."
@@ -135,16 +143,20 @@ class RobustDPOConfig(DPOConfig):
         super().__post_init__()
 
 
-# Defaults of the added fields, for trainers given a plain `trl.DPOConfig`.
-ROBUST_DEFAULTS = {f.name: f.default for f in fields(RobustDPOConfig) if f.name.startswith(("ropo_", "sympo_", "drdpo_"))}
+# The fields `RobustDPOConfig` adds to TRL's, with their defaults: what a plain `trl.DPOConfig` is read as.
+_ADDED_FIELD_DEFAULTS = {
+    f.name: f.default for f in fields(RobustDPOConfig) if f.name not in {g.name for g in fields(DPOConfig)}
+}
 
 
 def robust_hyperparameter(args, name: str):
-    """`args.<name>`, or its `RobustDPOConfig` default when `args` is a plain `trl.DPOConfig`."""
+    """`args.<name>`; where `args` lacks it (a plain `trl.DPOConfig`, or a config without a registered loss's
+    attribute), the default of `RobustDPOConfig`'s field or of the registered `Hyperparameter`."""
     if hasattr(args, name):
         return getattr(args, name)
-    if name in ROBUST_DEFAULTS:
-        return ROBUST_DEFAULTS[name]
+    defaults = {**hyperparameter_defaults(), **_ADDED_FIELD_DEFAULTS}
+    if name in defaults:
+        return defaults[name]
     raise AttributeError(name)
 
 
@@ -175,19 +187,15 @@ def validate_robust_args(args) -> None:
     for weight in args.loss_weights or []:
         _require_finite("loss_weights", weight)
 
-    alpha = robust_hyperparameter(args, "ropo_alpha")
-    _require_finite("ropo_alpha", alpha)
-    if alpha <= 0:
-        raise ValueError(f"`ropo_alpha` must be > 0 (the ROPO paper uses 14), got {alpha}.")
-    beta_prime = robust_hyperparameter(args, "drdpo_beta_prime")
-    _require_finite("drdpo_beta_prime", beta_prime)
-    if beta_prime <= 0:
-        raise ValueError(f"`drdpo_beta_prime` must be > 0 (the Dr. DPO paper uses 1), got {beta_prime}.")
-    if "cdpo" in loss_types and not 0 <= args.label_smoothing < 0.5:
-        raise ValueError(
-            f"loss_type 'cdpo' takes ε, the assumed flip rate, from `label_smoothing`, which must be in [0, 0.5); "
-            f"got {args.label_smoothing}."
-        )
+    registered = [get_loss_spec(t) for t in loss_types if get_loss_spec(t) is not None]
+    # Each registered hyperparameter is checked by its own rule: always where it is a field trl-robust added (a bad
+    # `ropo_alpha` is a mistake even before it is used), and where it is one of TRL's fields (cDPO's
+    # `label_smoothing`) only when a loss in use reads it.
+    in_use = {h.attribute for spec in registered for h in spec.hyperparameters.values()}
+    trl_fields = {f.name for f in fields(DPOConfig)}
+    for attribute, hyperparameter in registered_hyperparameters().items():
+        if hasattr(args, attribute) and (attribute in in_use or attribute not in trl_fields):
+            hyperparameter.validate(getattr(args, attribute))
     clip = robust_hyperparameter(args, "sympo_reward_clip")
     if clip is not None:
         _require_finite("sympo_reward_clip", clip)
@@ -197,18 +205,18 @@ def validate_robust_args(args) -> None:
                 "reward clipping (`none` on the command line, `null` in YAML)."
             )
 
-    registered = [get_loss_spec(t) for t in loss_types if get_loss_spec(t) is not None]
     for spec in registered:
         if spec.requires_reward_clip and clip is None:
             raise ValueError(
                 f"Loss type {spec.name!r} is unbounded below without SymPO's reward clip: set `sympo_reward_clip` to a "
                 "positive number (the SymPO authors use 10) instead of None."
             )
-        for kwarg, attr in spec.hyperparameters.items():
-            if not hasattr(args, attr) and attr not in ROBUST_DEFAULTS:
+        for kwarg, hyperparameter in spec.hyperparameters.items():
+            if not hasattr(args, hyperparameter.attribute) and not hyperparameter.has_default:
                 raise ValueError(
-                    f"Loss type {spec.name!r} takes `{kwarg}` from the config attribute `{attr}`, which "
-                    f"{type(args).__name__} does not have. Add it by subclassing `trl_robust.RobustDPOConfig`."
+                    f"Loss type {spec.name!r} takes `{kwarg}` from the config attribute `{hyperparameter.attribute}`, "
+                    f"which {type(args).__name__} does not have. Add it by subclassing `trl_robust.RobustDPOConfig`, "
+                    "or register the loss with a `Hyperparameter` that has a default."
                 )
     _validate_filtering(args, registered)
     if registered and getattr(args, "use_liger_kernel", False) and Version(trl.__version__) < Version("1.14"):

@@ -1,27 +1,37 @@
 """The loss-type registry: which names `loss_type` accepts beyond TRL's built-ins, and what each one needs.
 
-A loss is registered once with `register_loss`, the same public function a third-party package would use;
-the trainer then accepts its name in `loss_type` (alone, or in a multi-loss list with `loss_weights`).
+A loss is registered once with `register_loss`, the same public function a third-party package would use; the trainer
+then accepts its name in `loss_type` (alone, or in a multi-loss list with `loss_weights`). The registration is the
+whole contract of a loss: its per-pair function, the config values it reads (with their defaults and the rule a value
+must meet), and the paper behind it.
 
     >>> import torch
-    >>> from trl_robust import register_loss
-    >>> register_loss("my_tanh", lambda z, scale=1.0: 1 - torch.tanh(scale * z),
-    ...               hyperparameters={"scale": "my_tanh_scale"})  # doctest: +SKIP
+    >>> from trl_robust import Hyperparameter, register_loss
+    >>> register_loss(
+    ...     "tanh_margin",
+    ...     lambda z, scale=1.0: 1 - torch.tanh(scale * z),
+    ...     hyperparameters={"scale": Hyperparameter("tanh_scale", default=1.0, check=lambda v: v > 0, rule="> 0")},
+    ... )  # doctest: +SKIP
 
-`hyperparameters` maps a keyword of the loss function to the config attribute that supplies it
-(add the attribute by subclassing `RobustDPOConfig`).
+A hyperparameter's value comes from the config attribute of the same name when the config has one (subclass
+`RobustDPOConfig` to add it), else from its default. Registering needs no TRL code; clashes with TRL's built-in names
+are refused here when the installed TRL can be read, and by `trl_robust.compat`'s probe otherwise.
 """
 
 import difflib
+import math
 import re
 import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import torch
 
 from . import losses
+
+_MISSING = object()  # no default: the config must have the attribute
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,43 @@ class Paper:
 
 
 @dataclass(frozen=True)
+class Hyperparameter:
+    """A config value a registered loss reads.
+
+    Attributes:
+        attribute: the config attribute (also the YAML key and the `--flag` of `trl-robust dpo` when the config has it,
+            and the flag of `trl-robust audit`).
+        default: used when the config has no such attribute (e.g. a plain `trl.DPOConfig`); none means the config
+            must have it.
+        check: a predicate a valid value satisfies (numbers are also required to be finite); checked before any model
+            is loaded.
+        rule: what `check` requires, in words, for the error message ("> 0 (the paper uses 14)").
+        help: one line for the audit command's `--help`.
+    """
+
+    attribute: str
+    default: Any = _MISSING
+    check: Callable[[Any], bool] | None = None
+    rule: str = ""
+    help: str = ""
+
+    @property
+    def has_default(self) -> bool:
+        return self.default is not _MISSING
+
+    def validate(self, value) -> None:
+        """Raise a `ValueError` naming the attribute if `value` is not valid."""
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"`{self.attribute}` must be a finite number, got {value!r}.")
+        try:
+            valid = self.check is None or bool(self.check(value))
+        except (TypeError, ValueError):  # e.g. a string compared with a number
+            valid = False
+        if not valid:
+            raise ValueError(f"`{self.attribute}` must be {self.rule or 'valid'}, got {value!r}.")
+
+
+@dataclass(frozen=True)
 class LossSpec:
     """A registered loss type.
 
@@ -41,7 +88,7 @@ class LossSpec:
         name: the value users put in `loss_type`.
         fn: per-pair loss, a function of the scaled margin z = β·Δ (tensor in, same-shape tensor out),
             with the hyperparameters as keyword arguments.
-        hyperparameters: keyword of `fn` → name of the config attribute that supplies it.
+        hyperparameters: keyword of `fn` → the `Hyperparameter` that supplies it.
         uses_reward_clip: if true, each side's reward β·score is clamped to
             [−sympo_reward_clip, sympo_reward_clip] before the margin is formed (SymPO's reward clipping).
         requires_reward_clip: the loss is unbounded without the clip; a config with `sympo_reward_clip=None` is
@@ -53,7 +100,7 @@ class LossSpec:
 
     name: str
     fn: Callable[..., torch.Tensor]
-    hyperparameters: Mapping[str, str] = field(default_factory=dict)
+    hyperparameters: Mapping[str, Hyperparameter] = field(default_factory=dict)
     uses_reward_clip: bool = False
     requires_reward_clip: bool = False
     couples_batch: bool = False
@@ -61,6 +108,7 @@ class LossSpec:
 
 
 _REGISTRY: dict[str, LossSpec] = {}
+_deferring_trl_check = False  # True only while this module registers the package's own losses
 _VALID_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -68,7 +116,7 @@ def register_loss(
     name: str,
     fn: Callable[..., torch.Tensor],
     *,
-    hyperparameters: Mapping[str, str] | None = None,
+    hyperparameters: Mapping[str, Hyperparameter | str] | None = None,
     uses_reward_clip: bool = False,
     requires_reward_clip: bool = False,
     couples_batch: bool = False,
@@ -79,7 +127,8 @@ def register_loss(
     Args:
         name: lower-case identifier (`[a-z][a-z0-9_]*`); must not be a TRL built-in or already registered.
         fn: per-pair loss of the scaled margin z (see `LossSpec.fn`). Must be differentiable in z.
-        hyperparameters: keyword of `fn` → config attribute name supplying its value.
+        hyperparameters: keyword of `fn` → a `Hyperparameter` (attribute, default, check), or just the name of the
+            config attribute that supplies it (no default: the config must have it).
         uses_reward_clip: apply SymPO-style reward clipping (`sympo_reward_clip`) before the margin.
         requires_reward_clip: refuse configs that disable the clip (for losses unbounded without it); implies
             `uses_reward_clip`.
@@ -94,11 +143,9 @@ def register_loss(
         ValueError: the name is malformed, clashes with a TRL built-in loss type, or is already registered.
         TypeError: `fn` is not callable.
     """
-    from .dispatch import trl_builtin_loss_types  # deferred: reads the installed TRL's source
-
     if not isinstance(name, str) or not _VALID_NAME.match(name):
         raise ValueError(f"Loss type name {name!r} is invalid: use a lower-case identifier such as 'my_loss'.")
-    if name in trl_builtin_loss_types():
+    if not _deferring_trl_check and name in _readable_trl_builtins():
         raise ValueError(
             f"Loss type {name!r} is a TRL built-in; a registered loss must not shadow it. Pick another name."
         )
@@ -112,7 +159,9 @@ def register_loss(
     spec = LossSpec(
         name=name,
         fn=fn,
-        hyperparameters=MappingProxyType(dict(hyperparameters or {})),
+        hyperparameters=MappingProxyType(
+            {kw: h if isinstance(h, Hyperparameter) else Hyperparameter(h) for kw, h in (hyperparameters or {}).items()}
+        ),
         uses_reward_clip=uses_reward_clip or requires_reward_clip,
         requires_reward_clip=requires_reward_clip,
         couples_batch=couples_batch,
@@ -120,6 +169,17 @@ def register_loss(
     )
     _REGISTRY[name] = spec
     return spec
+
+
+def _readable_trl_builtins() -> tuple[str, ...]:
+    """TRL's built-in loss names, or none if the installed TRL cannot be read (the probe reports that, and any clash,
+    at the first trainer construction)."""
+    from .compat import IncompatibleTRLError, trl_builtin_loss_types
+
+    try:
+        return trl_builtin_loss_types()
+    except IncompatibleTRLError:
+        return ()
 
 
 def unregister_loss(name: str) -> None:
@@ -141,9 +201,25 @@ def registered_loss_types() -> list[str]:
 
 def available_loss_types() -> list[str]:
     """Every name `loss_type` accepts: TRL's built-ins (read from the installed TRL) plus the registered ones."""
-    from .dispatch import trl_builtin_loss_types
+    from .compat import trl_builtin_loss_types
 
     return [*trl_builtin_loss_types(), *_REGISTRY]
+
+
+def hyperparameter_defaults() -> dict[str, Any]:
+    """Config attribute → default, for every registered hyperparameter that has one."""
+    return {
+        h.attribute: h.default for spec in _REGISTRY.values() for h in spec.hyperparameters.values() if h.has_default
+    }
+
+
+def registered_hyperparameters() -> dict[str, Hyperparameter]:
+    """Config attribute → `Hyperparameter`, over every registered loss (the first registration of a shared one)."""
+    found = {}
+    for spec in _REGISTRY.values():
+        for h in spec.hyperparameters.values():
+            found.setdefault(h.attribute, h)
+    return found
 
 
 def unknown_loss_type_error(name) -> ValueError:
@@ -195,17 +271,43 @@ DRDPO_PAPER = Paper(
         }"""),
 )
 
-# The package's own losses go through the public function, exactly as a third party's would.
-register_loss("ropo", losses.ropo_loss, hyperparameters={"alpha": "ropo_alpha"}, paper=ROPO_PAPER)
+ROPO_ALPHA = Hyperparameter(
+    "ropo_alpha",
+    default=14.0,
+    check=lambda value: value > 0,
+    rule="> 0 (the ROPO paper uses 14)",
+    help="α of `--loss_type ropo` (default 14).",
+)
+DRDPO_BETA_PRIME = Hyperparameter(
+    "drdpo_beta_prime",
+    default=1.0,
+    check=lambda value: value > 0,
+    rule="> 0 (the Dr. DPO paper uses 1)",
+    help="β′ of `--loss_type drdpo` (default 1).",
+)
+# cDPO's ε is TRL's own `label_smoothing` field (TRL's default 0), which cDPO restricts.
+CDPO_EPSILON = Hyperparameter(
+    "label_smoothing",
+    default=0.0,
+    check=lambda value: 0 <= value < 0.5,
+    rule="in [0, 0.5) with loss_type 'cdpo' (ε, the assumed flip rate)",
+    help="ε of `--loss_type cdpo`.",
+)
+
+# The package's own losses go through the public function, exactly as a third party's would (only the check against
+# TRL's built-in names waits for the probe, so that importing trl-robust reads none of TRL's code).
+_deferring_trl_check = True
+register_loss("ropo", losses.ropo_loss, hyperparameters={"alpha": ROPO_ALPHA}, paper=ROPO_PAPER)
 register_loss("sympo_sigmoid", losses.sympo_sigmoid_loss, uses_reward_clip=True, paper=SYMPO_PAPER)
 register_loss("sympo_ramp", losses.sympo_ramp_loss, uses_reward_clip=True, paper=SYMPO_PAPER)
 register_loss("sympo_unhinged", losses.sympo_unhinged_loss, requires_reward_clip=True, paper=SYMPO_PAPER)
 # cDPO has no arXiv paper (a note by the DPO authors), so its model card cites DPO, which TRL always does.
-register_loss("cdpo", losses.cdpo_loss, hyperparameters={"epsilon": "label_smoothing"})
+register_loss("cdpo", losses.cdpo_loss, hyperparameters={"epsilon": CDPO_EPSILON})
 register_loss(
     "drdpo",
     losses.drdpo_loss,
-    hyperparameters={"beta_prime": "drdpo_beta_prime"},
+    hyperparameters={"beta_prime": DRDPO_BETA_PRIME},
     couples_batch=True,
     paper=DRDPO_PAPER,
 )
+_deferring_trl_check = False

@@ -32,12 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     if command == "env":
         return env_command()
     if command == "demo":
-        from ..demo import main as demo_main
+        from ..experiments.demo import main as demo_main
 
         demo_main(argv[1:])
         return 0
     if command == "audit":
-        from ..audit import main as audit_main
+        from .audit import main as audit_main
 
         return audit_main(argv[1:])
     trl_commands = _trl_commands()
@@ -81,13 +81,13 @@ def env_command() -> int:
     """Print `trl env`'s report with trl-robust's line added, so one copy-paste describes the whole setup."""
     from trl.scripts.env import print_env
 
-    from ..dispatch import SUPPORTED_TRL
+    from ..compat import supported_trl_text
     from ..registry import registered_loss_types
 
     report = io.StringIO()
     with contextlib.redirect_stdout(report):
         print_env()
-    ours = f"- trl-robust version: {__version__} (supports trl{SUPPORTED_TRL}; loss types: "
+    ours = f"- trl-robust version: {__version__} (supports trl{supported_trl_text()}; loss types: "
     ours += f"{', '.join(registered_loss_types())})"
     lines = report.getvalue().splitlines()
     trl_line = next((i for i, line in enumerate(lines) if line.startswith("- TRL version")), len(lines) - 1)
@@ -122,28 +122,3 @@ def _help_parser(trl_commands: dict[str, str]) -> argparse.ArgumentParser:
         if name not in ("dpo", "env", "demo", "audit"):
             commands.add_parser(name, help=f"{help_text} (TRL's `trl {name}`, unchanged)")
     return parser
-
-
-def end_distributed() -> None:
-    """End a distributed run (training, or an audit) once its work is done: a barrier, then exit without teardown.
-
-    Tearing gloo down is what fails on CPU runs, after the model is saved: with TRL 1.x's script, which destroys the
-    process group in `trainer.end()`, DDP's gradient reducer later frees the group's last reference and one rank hung
-    in `~ProcessGroupGloo` joining a worker thread (3 of 15 two-rank runs here); with TRL 0.29's, which never destroys
-    it, a rank could abort at interpreter exit ("terminate called without an active exception"). So the script
-    trainer's `end()` keeps the group (see `trl_robust.scripts.dpo`), every rank meets here once everything is written,
-    and the process leaves with `os._exit(0)`, after flushing, without running those destructors.
-    Returns normally, doing nothing, outside a distributed run.
-    """
-    import logging
-    import os
-
-    import torch
-
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return
-    torch.distributed.barrier()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)

@@ -25,6 +25,7 @@ from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
 
 from ..config import RobustDPOConfig
 from ..data import FLIP_MODES
+from ..paths import listing_if_not_empty, looks_like_local_path
 from . import builtin
 
 
@@ -76,7 +77,6 @@ _FIELD_OF = "a field of " + ", ".join(t.__name__ for t in DATACLASS_TYPES)
 # Handled by TRL's launcher (trl/cli/accelerate_config.py): a shipped accelerate config by name, or a file.
 ACCELERATE_CONFIG_OPTION = "--accelerate_config"
 # Where a value with this suffix names a file, it can only be a local path, never a Hub id.
-_DATA_FILE_SUFFIXES = {".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt", ".tsv"}
 _SCRIPT_PLACEHOLDER = "<training-script>"
 
 
@@ -311,18 +311,6 @@ def _check_source(field: str, value: str, builtin_names: tuple[str, ...]) -> Non
         raise UsageError(f"`{field}`: {value!r} is a local path that does not exist (in {os.getcwd()}).")
 
 
-def looks_like_local_path(value: str) -> bool:
-    """True where `value` is neither a Hub id (`name`, `owner/name`) nor a URL (`hf://...`): it must be on disk."""
-    if "://" in value:
-        return False
-    return (
-        value.startswith(("/", ".", "~"))
-        or value.count("/") > 1
-        or "\\" in value
-        or Path(value).suffix.lower() in _DATA_FILE_SUFFIXES
-    )
-
-
 def _check_output_dir(training_args, overwrite: bool) -> None:
     """Refuse to train into a directory that holds files, unless resuming or told to overwrite: a new run would
     replace the model, checkpoints and model card of the last one."""
@@ -341,16 +329,6 @@ def _check_output_dir(training_args, overwrite: bool) -> None:
         f"`output_dir` {str(output_dir)!r} already exists and is not empty ({shown}); training would overwrite it. "
         f"Pass {resume}`--overwrite_output_dir true` to write over it, or choose another `--output_dir`."
     )
-
-
-def listing_if_not_empty(directory: Path) -> str | None:
-    """The first few names in `directory` ("a, b, ..."), or None if it does not exist or is empty."""
-    if not directory.is_dir():
-        return None
-    contents = sorted(p.name for p in directory.iterdir())
-    if not contents:
-        return None
-    return ", ".join(contents[:5]) + (", ..." if len(contents) > 5 else "")
 
 
 # --- helpers --------------------------------------------------------------------------------------------------------

@@ -12,13 +12,12 @@ from datasets import Dataset
 from transformers import TrainerCallback
 from trl import DPOTrainer
 
+from .. import compat
+from ..config import RobustDPOConfig, robust_hyperparameter, validate_robust_args
+from ..data import FLIP_COLUMN, ROW_COLUMN, check_trainer_datasets
+from ..filtering import filtered_loss, n_suspected, suspected_pairs
+from ..registry import LossSpec, get_loss_spec, registered_loss_types, unknown_loss_type_error
 from . import dispatch
-from .config import RobustDPOConfig, robust_hyperparameter, validate_robust_args
-from .data import FLIP_COLUMN, ROW_COLUMN, check_trainer_datasets
-from .filtering import filtered_loss, n_suspected, suspected_pairs
-from .registry import LossSpec, get_loss_spec, unknown_loss_type_error
-
-dispatch.check_trl_version()
 
 
 class RobustDPOTrainer(DPOTrainer):
@@ -41,9 +40,10 @@ class RobustDPOTrainer(DPOTrainer):
     suspects of the epoch are saved in `trainer_state.json` with every checkpoint.
     """
 
-    _tag_names = [*DPOTrainer._tag_names, "trl-robust"]
+    _tag_names = [*getattr(DPOTrainer, "_tag_names", ()), "trl-robust"]  # (the probe reports a TRL without it)
 
     def __init__(self, model, ref_model=None, args=None, *pargs, **kwargs):
+        integrate_with_trl()  # the probe of the installed TRL, once, before anything is loaded
         if args is None:
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
             args = RobustDPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-DPO")
@@ -104,8 +104,8 @@ class RobustDPOTrainer(DPOTrainer):
         if not _internal_call and output_dir in (None, self.args.output_dir):
             self.create_model_card()
 
-    # `_compute_loss` is TRL's own method, derived from the installed TRL with one extra branch that calls this.
-    _compute_loss = dispatch.derive_compute_loss()
+    # `_compute_loss` is TRL's own method, derived from the installed TRL with one extra branch that calls the method
+    # below; `integrate_with_trl` installs it at the first construction.
 
     def _registered_per_sequence_loss(
         self, loss_type, chosen_scores, rejected_scores, ref_chosen_logps, ref_rejected_logps, mode
@@ -120,7 +120,7 @@ class RobustDPOTrainer(DPOTrainer):
                 margin = (self.beta * (chosen_scores - rejected_scores)).detach().float()  # TRL's unclipped margin
                 self._row_margins.append([t.cpu() for t in self.accelerator.gather_for_metrics((rows, margin))])
             return torch.zeros_like(chosen_scores)
-        hyperparameters = {kw: robust_hyperparameter(self.args, attr) for kw, attr in spec.hyperparameters.items()}
+        hyperparameters = {kw: robust_hyperparameter(self.args, h.attribute) for kw, h in spec.hyperparameters.items()}
         loss_fn = functools.partial(spec.fn, **hyperparameters)
         clip = robust_hyperparameter(self.args, "sympo_reward_clip") if spec.uses_reward_clip else None
         if clip is None:
@@ -301,6 +301,15 @@ class RobustDPOTrainer(DPOTrainer):
             return super().compute_loss(model, inputs, *args, **kwargs)
         finally:
             self._batch_columns = {}
+
+
+def integrate_with_trl() -> None:
+    """Check the installed TRL (`trl_robust.compat.check_integration`: once, warning outside the tested range, one
+    error naming every structural problem) and give `RobustDPOTrainer` its derived `_compute_loss`. Runs at the first
+    trainer construction and in `patch_trl()`, before any model is loaded; importing trl-robust does not run it."""
+    compat.check_integration({name: get_loss_spec(name).fn for name in registered_loss_types()})
+    if "_compute_loss" not in RobustDPOTrainer.__dict__:
+        RobustDPOTrainer._compute_loss = dispatch.derive_compute_loss()
 
 
 class _EpochFilterCallback(TrainerCallback):

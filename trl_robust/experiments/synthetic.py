@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .tiny import WORDS, make_tiny_model, make_tokenizer
+from ..tiny import WORDS, make_tiny_model, make_tokenizer
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ rebinds the names below, and `unpatch_trl()` puts TRL's own classes back.
 
 import importlib
 
-from .config import RobustDPOConfig
-from .trainer import RobustDPOTrainer
+from ..config import RobustDPOConfig
+from .trainer import RobustDPOTrainer, integrate_with_trl
 
 # (module, attribute) pairs through which TRL code reaches the DPO classes.
 _TARGETS = {
@@ -23,8 +23,10 @@ def patch_trl() -> None:
 
     Code that imports them after this call — e.g. TRL's own `trl/scripts/dpo.py` — then accepts the robust
     loss types. Calling it twice is harmless. Names already imported elsewhere (`from trl import DPOTrainer`
-    before the patch) keep pointing at TRL's classes: patch first.
+    before the patch) keep pointing at TRL's classes: patch first. Checks the installed TRL first (see
+    `trl_robust.compat`) and raises `IncompatibleTRLError` before changing anything if it cannot integrate.
     """
+    integrate_with_trl()
     for name, modules in _TARGETS.items():
         for module_name in modules:
             module = importlib.import_module(module_name)

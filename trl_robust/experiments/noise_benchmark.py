@@ -118,7 +118,7 @@ def noisy_train_split(root, job: Job):
     """The training split `job` trains on (before any `drop_rows`), with its `label_flipped` record."""
     from datasets import Dataset
 
-    from .data import flip_preferences
+    from ..data import flip_preferences
 
     data = json.loads((task_dir(root, job.seed) / "pairs.json").read_text())
     return flip_preferences(Dataset.from_list(data["train"]), job.flip_rate, seed=job.seed, mode=job.noise)
@@ -130,8 +130,8 @@ def run_job(job: Job, root) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
 
-    from . import RobustDPOConfig, RobustDPOTrainer
-    from .data import flip_preferences
+    from .. import RobustDPOConfig, RobustDPOTrainer
+    from ..data import flip_preferences
     from .synthetic import RewardModel, mean_true_reward
 
     torch.set_num_threads(1)
@@ -215,8 +215,8 @@ def audit_job(job: Job, root) -> dict:
     """Audit `job`'s noisy training split with its saved final model (`trl_robust.audit`): AUROC, top suspects."""
     import torch
 
-    from .audit import audit_preferences
-    from .filtering import n_suspected
+    from ..audit import audit_preferences
+    from ..filtering import n_suspected
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))  # runs alone, between the two grids
     result = audit_preferences(
@@ -507,7 +507,7 @@ def report(results: list[dict], setting: Setting, command: str, minutes: float) 
     seeds = sorted({r["seed"] for r in results})
     sections = [
         "# Noise-robustness benchmark",
-        f"`{command}` — {len(results)} runs in {minutes:.1f} min. Synthetic task (`trl_robust.synthetic`), "
+        f"`{command}` — {len(results)} runs in {minutes:.1f} min. Synthetic task (`trl_robust.experiments.synthetic`), "
         f"{setting.n_train} training pairs, {setting.epochs} epochs, β {setting.beta}, AdamW lr {setting.learning_rate} "
         f"constant, batch {setting.batch_size}; seeds {seeds}; mean ± std over seeds. Columns are label-flip rates "
         "(symmetric unless marked; `prefer_longer` = an annotator who prefers the longer answer).",

@@ -1,7 +1,7 @@
 """The built-in demo: DPO vs the robust losses on the synthetic task with 40% flipped labels, on a CPU, offline.
 
     trl-robust demo [--output_dir DIR] [--flip_rate 0.4] [--seed 0]
-    python -m trl_robust.demo
+    python -m trl_robust.experiments.demo
 
 Trains each method through the real `RobustDPOTrainer` (same data, initialisation and optimiser), shows progress,
 prints a comparison table and writes `training_curves.png` to the output directory. A few minutes on a laptop CPU.

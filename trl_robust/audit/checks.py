@@ -1,0 +1,205 @@
+"""The audit's input checks, all before any model is loaded: settings, output directory, model paths, dataset, loss."""
+
+import json
+import math
+import numbers
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import ROW_COLUMN
+from ..paths import listing_if_not_empty, looks_like_local_path
+
+
+class AuditInputError(ValueError):
+    """Bad input to the audit, found before any model is loaded (or, for rows TRL would not score, right after)."""
+
+
+def check_settings(beta, batch_size, max_length) -> None:
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta) or beta <= 0:
+        raise AuditInputError(f"beta must be a finite number > 0 (the β the policy was trained with), got {beta!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise AuditInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if max_length is not None and (
+        isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral) or max_length < 2
+    ):
+        raise AuditInputError(f"max_length must be None (no truncation) or an integer >= 2, got {max_length!r}")
+
+
+def check_output_dir(output_dir, overwrite: bool) -> None:
+    if output_dir is None:
+        return
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise AuditInputError(f"output_dir {str(path)!r} exists and is not a directory")
+    shown = None if overwrite else listing_if_not_empty(path)
+    if shown is not None:
+        raise AuditInputError(
+            f"output_dir {str(path)!r} already exists and is not empty ({shown}); the audit would overwrite it. "
+            "Pass overwrite=True (`--overwrite_output_dir true`) or choose another directory."
+        )
+
+
+@dataclass
+class ModelSource:
+    """Where a policy or reference comes from, resolved without loading it."""
+
+    value: Any  # a path / Hub id, or a loaded model
+    is_adapter: bool  # a PEFT adapter (directory, Hub id or `PeftModel`)
+    base: str | None = None  # the adapter's base model, read from adapter_config.json
+
+    @property
+    def is_loaded(self) -> bool:
+        return not isinstance(self.value, (str, os.PathLike))
+
+    def describe(self) -> str:
+        if self.is_loaded:
+            return f"a loaded {type(self.value).__name__}"
+        return str(self.value) + (f" (PEFT adapter on {self.base})" if self.is_adapter else "")
+
+
+def resolve_model(value, role: str) -> ModelSource:
+    """Check that a model path exists and say whether it is a PEFT adapter; load nothing."""
+    if value is None:
+        raise AuditInputError(f"{role} is required")
+    if not isinstance(value, (str, os.PathLike)):
+        from accelerate.utils import is_peft_model
+
+        if not isinstance(value, torch.nn.Module):
+            raise AuditInputError(f"{role} must be a path, a Hub id or a loaded model, got {type(value).__name__}")
+        return ModelSource(value, is_adapter=is_peft_model(value))
+    name = os.path.expanduser(os.fspath(value))
+    if os.path.isdir(name):
+        adapter_config = os.path.join(name, "adapter_config.json")
+        if os.path.isfile(adapter_config):
+            with open(adapter_config) as file:
+                base = json.load(file).get("base_model_name_or_path")
+            if not base:
+                raise AuditInputError(
+                    f"{role} {name!r} is a PEFT adapter whose adapter_config.json names no base model"
+                )
+            if looks_like_local_path(base) and not os.path.isdir(os.path.expanduser(base)):
+                raise AuditInputError(
+                    f"{role} {name!r} is a PEFT adapter on the base model {base!r}, which does not exist; load the "
+                    "adapter yourself and pass the `PeftModel`, or fix base_model_name_or_path in adapter_config.json"
+                )
+            return ModelSource(name, is_adapter=True, base=base)
+        if not os.path.isfile(os.path.join(name, "config.json")):
+            raise AuditInputError(
+                f"{role} {name!r} holds neither a model (config.json) nor a PEFT adapter (adapter_config.json)"
+            )
+        return ModelSource(name, is_adapter=False)
+    if os.path.exists(name):
+        raise AuditInputError(f"{role} {name!r} is a file; expected a model directory or a Hub id")
+    if looks_like_local_path(name):
+        raise AuditInputError(f"{role} {name!r} does not exist")
+    # A Hub id (or a cached one under HF_HUB_OFFLINE=1): ask for adapter_config.json without loading weights.
+    from transformers.utils import cached_file
+
+    try:
+        adapter_config = cached_file(
+            name, "adapter_config.json", _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+        )
+    except (OSError, ValueError) as error:
+        raise AuditInputError(
+            f"{role} {name!r} is neither a local directory nor a reachable Hub repository: {error}"
+        ) from None
+    if adapter_config:
+        with open(adapter_config) as file:
+            return ModelSource(name, is_adapter=True, base=json.load(file).get("base_model_name_or_path"))
+    return ModelSource(name, is_adapter=False)
+
+
+def resolve_models(model, ref_model) -> tuple[ModelSource, ModelSource | None]:
+    policy = resolve_model(model, "model")
+    reference = None if ref_model is None else resolve_model(ref_model, "ref_model")
+    if reference is None and not policy.is_adapter:
+        raise AuditInputError(
+            f"ref_model is required: the policy {policy.describe()} is a full model, and a model's "
+            "`config._name_or_path` does not reliably name the model it was trained from (it is rewritten on every "
+            "save_pretrained). Pass the reference the policy was trained against (its SFT / starting checkpoint) as "
+            "ref_model (`--ref_model PATH`). Only for a PEFT adapter is the reference implied: its base model."
+        )
+    if reference is not None and reference.is_adapter:
+        raise AuditInputError(
+            f"ref_model {reference.describe()} is a PEFT adapter; merge it into its base model first "
+            "(`merge_and_unload()` + `save_pretrained`) and pass that directory"
+        )
+    return policy, reference
+
+
+def check_dataset(dataset, flip_column: str | None) -> list[bool] | None:
+    """Validate the preference dataset; return its flip record (or None)."""
+    from datasets import Dataset
+
+    from ..data import check_preference_dataset
+
+    if not isinstance(dataset, Dataset):
+        hint = "; pick a split, e.g. dataset['train']" if isinstance(dataset, Mapping) else ""
+        raise AuditInputError(f"dataset must be a datasets.Dataset, got {type(dataset).__name__}{hint}")
+    if ROW_COLUMN in dataset.column_names:
+        raise AuditInputError(f"dataset has a column named {ROW_COLUMN!r}, which the audit reserves; rename it")
+    try:
+        check = check_preference_dataset(dataset, "dataset")
+    except ValueError as error:
+        raise AuditInputError(str(error)) from None
+    if check["skipped"] == "tokenized":
+        raise AuditInputError(
+            "dataset is already tokenised (it has prompt_ids/chosen_ids/... columns); pass the text dataset, so the "
+            "audit tokenises it exactly as TRL does"
+        )
+    if not flip_column or flip_column not in dataset.column_names:
+        return None
+    flags = dataset[flip_column]
+    bad = [i for i, flag in enumerate(flags) if not isinstance(flag, (bool, np.bool_)) and flag not in (0, 1)]
+    if bad:
+        raise AuditInputError(
+            f"column {flip_column!r} must hold booleans (True where the label was flipped); rows {bad[:5]} hold "
+            f"{[flags[i] for i in bad[:5]]}. Pass flip_column=None to ignore it."
+        )
+    return [bool(flag) for flag in flags]
+
+
+def check_loss_type(loss_type, loss_hyperparameters) -> None:
+    from ..registry import get_loss_spec, registered_loss_types
+
+    if loss_hyperparameters and loss_type is None:
+        raise AuditInputError("loss_hyperparameters were given without a loss_type")
+    if loss_type is None or loss_type == "sigmoid":  # sigmoid is the DPO loss, always reported
+        return
+    spec = get_loss_spec(loss_type)
+    if spec is None:
+        raise AuditInputError(
+            f"loss_type {loss_type!r} is not a loss type registered in trl_robust; the audit scores the DPO loss and "
+            f"optionally one of {registered_loss_types()}"
+        )
+    allowed = {h.attribute for h in spec.hyperparameters.values()} | ({"sympo_reward_clip"} if spec.uses_reward_clip else set())
+    unknown = sorted(set(loss_hyperparameters or {}) - allowed)
+    if unknown:
+        raise AuditInputError(
+            f"loss_hyperparameters {unknown} do not apply to loss_type {loss_type!r} "
+            f"(it takes {sorted(allowed) or 'none'})"
+        )
+
+
+def check_per_pair(loss_type: str, args) -> None:
+    """Refuse a loss whose value for one pair depends on the other pairs of its batch (e.g. Dr. DPO)."""
+    from ..config import robust_hyperparameter
+    from ..registry import get_loss_spec
+
+    spec = get_loss_spec(loss_type)
+    kwargs = {kw: robust_hyperparameter(args, h.attribute) for kw, h in spec.hyperparameters.items()}
+    z = torch.tensor([-2.0, 0.5, 3.0])
+    together = spec.fn(z, **kwargs)
+    alone = torch.cat([spec.fn(z[i : i + 1], **kwargs) for i in range(len(z))])
+    if not torch.allclose(together, alone):
+        raise AuditInputError(
+            f"loss_type {loss_type!r} couples the pairs of a batch (one pair's loss depends on the others), so it has "
+            "no per-pair value to rank by; audit without loss_type (the DPO loss and z are always reported)"
+        )

@@ -1,0 +1,120 @@
+"""The audit's outputs: the Markdown summary, the JSONL/CSV tables and the histogram of z (matplotlib, imported only
+when a histogram is drawn)."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .result import AuditResult
+
+OUTPUT_FILES = {
+    "jsonl": "audit.jsonl",
+    "csv": "audit.csv",
+    "summary": "summary.md",
+    "histogram": "z_histogram.png",
+}
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def summary(result: AuditResult, policy, reference, n_rows, max_length, flip_column) -> str:
+    z = np.array([pair["z"] for pair in result.pairs])
+    loss = np.array([pair["dpo_loss"] for pair in result.pairs])
+    quantiles = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
+    reference_text = reference.describe() if reference is not None else "the base model with the adapter disabled"
+    negative = int((z < 0).sum())
+    lines = [
+        "# Noisy-pair audit",
+        "",
+        f"- policy: {policy.describe()}",
+        f"- reference: {reference_text}",
+        f"- pairs: {n_rows}; β = {result.beta:g}; max_length = {max_length}; computed on {result.num_processes} "
+        f"process{'es' if result.num_processes > 1 else ''}",
+        f"- pairs with z < 0 (the policy prefers the rejected response): {negative} ({negative / n_rows:.1%})",
+        "",
+        "z = β·[(log πθ − log πref)(chosen) − (log πθ − log πref)(rejected)]; the lower z, the more suspicious "
+        "the label.",
+        "",
+        "| quantile | " + " | ".join(f"{q:.0%}" for q in quantiles) + " |",
+        "|---|" + "---|" * len(quantiles),
+        "| z | " + " | ".join(_fmt(v) for v in np.quantile(z, quantiles)) + " |",
+        "| DPO loss −log σ(z) | " + " | ".join(_fmt(v) for v in np.quantile(loss, quantiles)) + " |",
+    ]
+    if result.loss_type:
+        extra = np.array([pair[f"{result.loss_type}_loss"] for pair in result.pairs])
+        cells = " | ".join(_fmt(v) for v in np.quantile(extra, quantiles))
+        lines.append(f"| {result.loss_type} loss | {cells} |")
+    if flip_column is not None:
+        flipped = np.array([pair[flip_column] for pair in result.pairs], dtype=bool)
+        mean = lambda values: float(values.mean()) if len(values) else None  # noqa: E731
+        lines += [
+            "",
+            f"## Against the flip record (`{flip_column}`)",
+            "",
+            f"- flipped pairs: {int(flipped.sum())} of {n_rows}; mean z flipped {_fmt(mean(z[flipped]))}, "
+            f"not flipped {_fmt(mean(z[~flipped]))}",
+            f"- AUROC of −z for the flipped pairs: {_fmt(result.auroc)} (0.5 = chance, 1 = perfect)",
+            "",
+            "| top k | k | precision | recall |",
+            "|---|---|---|---|",
+        ]
+        for name, entry in result.precision_at_k.items():
+            label = "k = flipped pairs" if name == "n_flipped" else f"top {name}"
+            lines.append(f"| {label} | {entry['k']} | {_fmt(entry['precision'])} | {_fmt(entry['recall'])} |")
+    shown = result.pairs[:10]
+    columns = [c for c in shown[0] if c != "rank"]
+    lines += ["", f"## The {len(shown)} most suspicious pairs", "", "| rank | " + " | ".join(columns) + " |",
+              "|---|" + "---|" * len(columns)]
+    for pair in shown:
+        cells = [_fmt(pair[c]) if isinstance(pair[c], float) else str(pair[c]) for c in columns]
+        lines.append(f"| {pair['rank']} | " + " | ".join(cells) + " |")
+    if result.paths:
+        lines += ["", "Files: " + ", ".join(f"`{Path(p).name}`" for p in result.paths.values())]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(result: AuditResult, output_dir: Path, flip_column: str | None) -> None:
+    import csv
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {kind: output_dir / name for kind, name in OUTPUT_FILES.items()}
+    with open(paths["jsonl"], "w") as file:
+        file.writelines(json.dumps(pair) + "\n" for pair in result.pairs)
+    with open(paths["csv"], "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(result.pairs[0]))
+        writer.writeheader()
+        writer.writerows(result.pairs)
+    paths["summary"].write_text(result.summary)
+    plot_histogram(result, paths["histogram"], flip_column)
+
+
+def plot_histogram(result: AuditResult, path: Path, flip_column: str | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    z = np.array([pair["z"] for pair in result.pairs])
+    bins = np.histogram_bin_edges(z, bins=int(min(50, max(10, math.sqrt(len(z))))))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if flip_column is None:
+        ax.hist(z, bins=bins, color="tab:blue", alpha=0.8, label=f"all pairs ({len(z)})")
+    else:
+        flipped = np.array([pair[flip_column] for pair in result.pairs], dtype=bool)
+        ax.hist(z[~flipped], bins=bins, color="tab:blue", alpha=0.6, label=f"not flipped ({int((~flipped).sum())})")
+        ax.hist(z[flipped], bins=bins, color="tab:red", alpha=0.6, label=f"flipped ({int(flipped.sum())})")
+    ax.axvline(0.0, color="black", linewidth=1, linestyle="--")
+    ax.set_xlabel("z = β·Δ (implicit-reward margin; low = suspicious label)")
+    ax.set_ylabel("pairs")
+    title = "Noisy-pair audit"
+    if result.auroc is not None:
+        title += f" — AUROC {result.auroc:.3f}"
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

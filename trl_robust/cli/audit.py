@@ -1,0 +1,195 @@
+"""`trl-robust audit`: the noisy-pair audit as a command (see `trl_robust.audit` for what it computes).
+
+    trl-robust audit --model_name_or_path OUT --ref_model BASE --dataset_name DATA --output_dir AUDIT
+    accelerate launch -m trl_robust.scripts.audit ...          (several processes / GPUs)
+"""
+
+import os
+import sys
+from dataclasses import dataclass, field, make_dataclass
+from pathlib import Path
+
+from ..audit import AuditInputError, AuditResult, audit_preferences
+from ..audit.checks import check_loss_type, check_output_dir, check_settings, resolve_models
+from ..audit.result import CLEAN_MODES, DEFAULT_FLIP_COLUMN
+from ..filtering import n_suspected
+from ..paths import looks_like_local_path
+from ..registry import registered_hyperparameters
+
+
+@dataclass
+class AuditArguments:
+    """Arguments of `trl-robust audit` (and `accelerate launch -m trl_robust.scripts.audit`)."""
+
+    model_name_or_path: str = field(
+        metadata={"help": "The trained policy: a model directory, a PEFT adapter directory, or a Hub id."}
+    )
+    dataset_name: str = field(
+        metadata={"help": "The preference data, as TRL's `--dataset_name`: a local directory or file, a Hub id, a "
+                  "directory written by `Dataset.save_to_disk`, or `builtin:tiny`."}
+    )
+    output_dir: str = field(metadata={"help": "Where audit.jsonl, audit.csv, summary.md and z_histogram.png go."})
+    ref_model: str | None = field(
+        default=None,
+        metadata={"help": "The reference the policy was trained against. Required for a full model; for a PEFT "
+                  "adapter the default is its base model (the adapter disabled)."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name (Hub datasets)."})
+    dataset_train_split: str = field(default="train", metadata={"help": "The split to audit."})
+    beta: float = field(default=0.1, metadata={"help": "β of z = β·Δ: the β the policy was trained with."})
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Pairs per device per forward pass."})
+    max_length: int | None = field(
+        default=None, metadata={"help": "Truncate prompt+completion to this many tokens, as TRL does. Default: none."}
+    )
+    loss_type: str | None = field(
+        default=None, metadata={"help": "Also report this registered loss per pair (ropo, sympo_sigmoid, ...)."}
+    )
+    flip_column: str = field(
+        default=DEFAULT_FLIP_COLUMN,
+        metadata={"help": "Boolean column recording known flipped labels; if present, AUROC and precision@k."},
+    )
+    dtype: str = field(default="auto", metadata={"help": "Load the models in this dtype: auto, float32, bfloat16."})
+    use_cpu: bool = field(default=False, metadata={"help": "Run on the CPU even if a GPU is available."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Write into a non-empty output_dir."})
+    clean_share: float = field(
+        default=0.0,
+        metadata={"help": "Clean-and-retrain: also write `cleaned/train.jsonl` in output_dir, the audited split with its "
+                  "most suspicious pairs (this share, in [0, 1)) dropped or swapped; pass that directory as "
+                  "`--dataset_name` to retrain. 0 = write nothing more."},
+    )
+    clean_mode: str = field(
+        default="drop",
+        metadata={"help": "What `--clean_share` does with the suspects: `drop` them or `swap` chosen and rejected.",
+                  "choices": list(CLEAN_MODES)},
+    )
+
+
+def _loss_flags() -> dict[str, tuple[type, str]]:
+    """The audit's loss flags, one per registered loss hyperparameter (so a newly registered loss brings its own), plus
+    SymPO's reward clip: flag → (type, help)."""
+    flags = {}
+    for attribute, hyperparameter in registered_hyperparameters().items():
+        numeric = isinstance(hyperparameter.default, (int, float)) and not isinstance(hyperparameter.default, bool)
+        flags[attribute] = (float if numeric else str, hyperparameter.help or f"`{attribute}` of its loss type.")
+    flags["sympo_reward_clip"] = (str, "Reward clip of the `sympo_*` losses (default 10; `none` disables it).")
+    return flags
+
+
+def audit_arguments_class() -> type:
+    """`AuditArguments` plus an optional flag per registered loss hyperparameter (default: the loss's own default)."""
+    extra = [
+        (name, kind | None, field(default=None, metadata={"help": help_text}))
+        for name, (kind, help_text) in _loss_flags().items()
+    ]
+    return make_dataclass("AuditArguments", extra, bases=(AuditArguments,))
+
+
+def _load_cli_dataset(args: AuditArguments):
+    from datasets import DatasetDict, load_dataset, load_from_disk
+
+    name = os.path.expanduser(args.dataset_name)
+    if looks_like_local_path(name) and not os.path.exists(name):
+        raise AuditInputError(f"dataset_name {args.dataset_name!r} does not exist")
+    if os.path.isdir(name) and os.path.isfile(os.path.join(name, "dataset_dict.json")):
+        dataset = load_from_disk(name)
+    elif os.path.isdir(name) and os.path.isfile(os.path.join(name, "state.json")):
+        return load_from_disk(name)
+    else:
+        try:
+            return load_dataset(name, name=args.dataset_config, split=args.dataset_train_split)
+        except ValueError as error:
+            if "split" in str(error).lower():
+                raise AuditInputError(f"dataset {args.dataset_name!r}: {error}") from None
+            raise
+    if not isinstance(dataset, DatasetDict) or args.dataset_train_split not in dataset:
+        raise AuditInputError(f"dataset {args.dataset_name!r} has no split {args.dataset_train_split!r}")
+    return dataset[args.dataset_train_split]
+
+
+def run_audit_command(args: AuditArguments, noise=None) -> AuditResult:
+    """What `trl-robust audit` does: check, load the data, audit, print the summary and where the files went.
+
+    `noise` (`LabelNoiseArguments`): flip the loaded split exactly as `trl-robust dpo --flip_rate ...` did before
+    training on it (same rate, seed and mode give the same pairs), so a run on injected noise can be audited against
+    its flip record.
+    """
+    from types import SimpleNamespace
+
+    from .builtin import materialise_builtins
+
+    # Cheap checks first, before the dataset is downloaded or read.
+    check_settings(args.beta, args.per_device_eval_batch_size, args.max_length)
+    if not 0 <= args.clean_share < 1:
+        raise AuditInputError(f"--clean_share must be in [0, 1) (the share of pairs to clean), got {args.clean_share}")
+    check_output_dir(args.output_dir, args.overwrite_output_dir)
+    hyperparameters = {
+        name: getattr(args, name) for name in _loss_flags() if getattr(args, name, None) is not None
+    }
+    check_loss_type(args.loss_type, hyperparameters)
+    # `builtin:` names -> local paths (built once into the cache; safe when several ranks race), models first.
+    for attribute in ("model_name_or_path", "ref_model"):
+        holder = SimpleNamespace(model_name_or_path=getattr(args, attribute), dataset_name=None)
+        materialise_builtins(holder, holder)
+        setattr(args, attribute, holder.model_name_or_path)
+    resolve_models(args.model_name_or_path, args.ref_model)
+    holder = SimpleNamespace(model_name_or_path=None, dataset_name=args.dataset_name)
+    materialise_builtins(holder, holder)
+    args.dataset_name = holder.dataset_name
+    dataset = _load_cli_dataset(args)
+    if noise is not None and noise.flip_rate > 0:
+        from ..data import flip_preferences
+
+        dataset = flip_preferences(dataset, noise.flip_rate, seed=noise.flip_seed, mode=noise.flip_mode)
+    result = audit_preferences(
+        args.model_name_or_path,
+        dataset,
+        ref_model=args.ref_model,
+        beta=args.beta,
+        batch_size=args.per_device_eval_batch_size,
+        max_length=args.max_length,
+        loss_type=args.loss_type,
+        loss_hyperparameters=hyperparameters or None,
+        output_dir=args.output_dir,
+        overwrite=args.overwrite_output_dir,
+        flip_column=args.flip_column or None,
+        dtype=args.dtype,
+        use_cpu=args.use_cpu,
+    )
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(result.summary)
+        print(f"Wrote {', '.join(result.paths.values())}")
+        if args.clean_share > 0:
+            cleaned = result.cleaned(dataset, args.clean_share, args.clean_mode, flip_column=args.flip_column or None)
+            path = Path(args.output_dir) / "cleaned" / "train.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cleaned.to_json(str(path))
+            result.paths["cleaned"] = str(path)
+            k = n_suspected(args.clean_share, len(dataset))
+            action = "without" if args.clean_mode == "drop" else "with chosen/rejected swapped on"
+            print(f"Wrote {path}: the {len(dataset)} pairs {action} the {k} most suspicious ({len(cleaned)} pairs); "
+                  f"retrain with --dataset_name {path.parent}")
+    return result
+
+
+def main(argv: list[str] | None = None, prog: str = "trl-robust audit") -> int:
+    """Entry point of `trl-robust audit` and of `trl_robust.scripts.audit` (under `accelerate launch -m`)."""
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from transformers import HfArgumentParser
+
+    description = "Rank preference pairs by how likely their label is wrong (trl-robust's noisy-pair audit)."
+    from .arguments import LabelNoiseArguments
+
+    parser = HfArgumentParser((audit_arguments_class(), LabelNoiseArguments), prog=prog, description=description)
+    args, noise = parser.parse_args_into_dataclasses(argv)
+    try:
+        run_audit_command(args, noise)
+    except AuditInputError as error:  # found alike on every rank, before any collective operation
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    from .distributed import end_distributed
+
+    end_distributed()
+    return 0
+

@@ -1,0 +1,11 @@
+"""The audit module that `accelerate launch` starts in each process for a multi-process audit:
+
+    accelerate launch -m trl_robust.scripts.audit --model_name_or_path OUT --ref_model BASE --dataset_name DATA ...
+"""
+
+import sys
+
+from trl_robust.cli.audit import main
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m trl_robust.scripts.audit"))
