@@ -138,7 +138,7 @@ def test_outputs_hold_one_line_per_row_sorted_by_suspicion_and_a_summary_and_plo
 
     lines = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
     assert lines == result.pairs and len(lines) == len(noisy_dataset)
-    assert set(lines[0]) == {"rank", "row", "z", "dpo_loss", "ropo_loss", "label_flipped"}
+    assert set(lines[0]) == {"rank", "row", "z", "dpo_loss", "ropo_loss", "p_flipped", "label_flipped"}
     with open(out / "audit.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert [int(r["row"]) for r in rows] == [p["row"] for p in result.pairs]
@@ -357,6 +357,72 @@ def test_a_peft_adapter_without_ref_model_is_scored_against_its_base_model(tiny_
     assert from_adapter == pytest.approx(from_merged.z_by_row(), abs=1e-5)
     # Not the adapter against a copy of itself (what TRL makes the reference of a `PeftModel` passed alone): z ≠ 0.
     assert max(map(abs, from_adapter)) > 1e-2
+
+
+def test_the_audit_estimates_the_share_of_flipped_labels_and_each_pairs_probability(audited):
+    from trl_robust.noise import estimate_noise
+
+    result, _, out = audited
+    # The estimate is the noise estimator's on the audited margins, in input-row order (computed again here).
+    expected = estimate_noise(result.z_by_row())
+    assert result.noise_estimate.flip_rate == pytest.approx(expected.flip_rate)
+    by_row = {pair["row"]: pair["p_flipped"] for pair in result.pairs}
+    assert [by_row[row] for row in range(len(by_row))] == pytest.approx(expected.p_flipped.tolist())
+    # The lower the margin, the likelier a flipped label: along the ranking the probability never rises.
+    p = [pair["p_flipped"] for pair in result.pairs]
+    assert all(a >= b - 1e-12 for a, b in zip(p, p[1:]))
+    summary = (out / "summary.md").read_text()
+    assert f"estimated flipped labels: {expected.describe()}" in summary
+    assert "not its error" in summary  # what the interval means
+
+
+def test_an_audit_of_a_policy_equal_to_its_reference_has_no_estimate(tiny_model_path, noisy_dataset):
+    result = audit_preferences(tiny_model_path, noisy_dataset, ref_model=tiny_model_path, show_progress=False)
+    assert set(p["z"] for p in result.pairs) == {0.0} and result.noise_estimate is None
+    assert "p_flipped" not in result.pairs[0]
+    assert "none can be estimated (every margin is the same)" in result.summary
+
+
+def copy_with_vocabulary(tiny_model_path, path, vocab_size=None, swap_tokens=None):
+    """A copy of the tiny model directory whose config states another vocab_size, or whose tokenizer.json swaps the
+    ids of two tokens (same size, other vocabulary). Only files change: nothing is loaded."""
+    import shutil
+
+    shutil.copytree(tiny_model_path, path)
+    if vocab_size is not None:
+        config = json.loads((path / "config.json").read_text())
+        config["vocab_size"] = vocab_size
+        (path / "config.json").write_text(json.dumps(config))
+    if swap_tokens is not None:
+        tokenizer = json.loads((path / "tokenizer.json").read_text())
+        vocab = tokenizer["model"]["vocab"]
+        a, b = swap_tokens
+        vocab[a], vocab[b] = vocab[b], vocab[a]
+        (path / "tokenizer.json").write_text(json.dumps(tokenizer))
+    return str(path)
+
+
+@pytest.mark.parametrize("change", [{"vocab_size": 1000}, {"vocab_size": 20}, {"swap_tokens": (WORDS[0], WORDS[1])}])
+def test_a_reference_with_another_vocabulary_is_refused_before_any_model_loads(
+    change, tiny_model_path, noisy_dataset, tmp_path, no_model_loading
+):
+    reference = copy_with_vocabulary(Path(tiny_model_path), tmp_path / "reference", **change)
+    with pytest.raises(AuditInputError, match="do not share a vocabulary") as error:
+        audit_preferences(tiny_model_path, noisy_dataset, ref_model=reference, output_dir=tmp_path / "out")
+    if "vocab_size" in change:
+        size = json.loads((Path(tiny_model_path) / "config.json").read_text())["vocab_size"]
+        assert f"vocab_size {size} (policy) vs {change['vocab_size']} (reference)" in str(error.value)
+    else:
+        assert "tokenizer.json vocabularies differ" in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_loaded_models_with_different_vocabularies_are_refused_before_scoring(tiny_model_path, noisy_dataset):
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    reference.resize_token_embeddings(reference.config.vocab_size + 7)  # what a reference with more tokens looks like
+    with pytest.raises(AuditInputError, match=r"do not share a vocabulary: vocab_size \d+ \(policy\) vs \d+"):
+        audit_preferences(policy, noisy_dataset, ref_model=reference, show_progress=False)
 
 
 # --- bad input -------------------------------------------------------------------------------------------------------

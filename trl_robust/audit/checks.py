@@ -131,7 +131,61 @@ def resolve_models(model, ref_model) -> tuple[ModelSource, ModelSource | None]:
             f"ref_model {reference.describe()} is a PEFT adapter; merge it into its base model first "
             "(`merge_and_unload()` + `save_pretrained`) and pass that directory"
         )
+    if reference is not None:
+        check_same_vocabulary(vocabulary_facts(policy), vocabulary_facts(reference), policy, reference)
     return policy, reference
+
+
+def _model_directory(source: ModelSource) -> str | None:
+    """The local directory holding the model's config.json (an adapter's base model), or None (Hub id, loaded)."""
+    if source.is_loaded:
+        return None
+    name = source.base if source.is_adapter else os.fspath(source.value)
+    name = os.path.expanduser(name) if name else None
+    return name if name and os.path.isdir(name) else None
+
+
+def vocabulary_facts(source: ModelSource) -> dict[str, Any]:
+    """What can be known of a model's vocabulary without loading it: `vocab_size` from its config, and the token → id
+    map of its `tokenizer.json` (the policy's own directory first: a fine-tune saves its tokenizer there)."""
+    if source.is_loaded:
+        model = source.value.get_base_model() if source.is_adapter else source.value
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        return {"vocab_size": getattr(config, "vocab_size", None)}
+    facts = {}
+    directory = _model_directory(source)
+    if directory and os.path.isfile(os.path.join(directory, "config.json")):
+        with open(os.path.join(directory, "config.json")) as file:
+            config = json.load(file)
+        facts["vocab_size"] = config.get("vocab_size", config.get("text_config", {}).get("vocab_size"))
+    for candidate in [os.fspath(source.value), directory]:
+        path = os.path.join(os.path.expanduser(candidate), "tokenizer.json") if candidate else None
+        if path and os.path.isfile(path):
+            with open(path) as file:
+                model = json.load(file).get("model", {})
+            vocab = model.get("vocab")
+            facts["vocab"] = vocab if isinstance(vocab, dict) else None
+            break
+    return facts
+
+
+def check_same_vocabulary(policy_facts, reference_facts, policy: ModelSource, reference: ModelSource) -> None:
+    """Refuse a reference whose vocabulary differs from the policy's: its log-probs of the same token ids would be of
+    other tokens (an index error if its vocabulary is smaller, a silently wrong ranking if it is larger)."""
+    problems = []
+    sizes = policy_facts.get("vocab_size"), reference_facts.get("vocab_size")
+    if None not in sizes and sizes[0] != sizes[1]:
+        problems.append(f"vocab_size {sizes[0]} (policy) vs {sizes[1]} (reference)")
+    vocabularies = policy_facts.get("vocab"), reference_facts.get("vocab")
+    if None not in vocabularies and vocabularies[0] != vocabularies[1]:
+        differing = sorted(set(vocabularies[0].items()) ^ set(vocabularies[1].items()))[:3]
+        problems.append(f"their tokenizer.json vocabularies differ (e.g. {differing})")
+    if problems:
+        raise AuditInputError(
+            f"the policy {policy.describe()} and the reference {reference.describe()} do not share a vocabulary: "
+            f"{'; '.join(problems)}. z compares the two models' log-probs of the same token ids, so pass the "
+            "reference the policy was trained from (same tokenizer)"
+        )
 
 
 def check_dataset(dataset, flip_column: str | None) -> list[bool] | None:

@@ -21,6 +21,18 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
+def _noise_line(result: AuditResult) -> str:
+    estimate = result.noise_estimate
+    if estimate is None:
+        return "estimated flipped labels: none can be estimated (every margin is the same)"
+    return (
+        f"estimated flipped labels: {estimate.describe()}. From the margins alone, assuming labels were flipped "
+        "independently of the pair; the interval is the spread over resampled pairs given this policy, not its error. "
+        "A policy that fitted the flipped labels in training makes this an underestimate; `p_flipped` in audit.jsonl "
+        "is each pair's probability."
+    )
+
+
 def summary(result: AuditResult, policy, reference, n_rows, max_length, flip_column) -> str:
     z = np.array([pair["z"] for pair in result.pairs])
     loss = np.array([pair["dpo_loss"] for pair in result.pairs])
@@ -35,6 +47,7 @@ def summary(result: AuditResult, policy, reference, n_rows, max_length, flip_col
         f"- pairs: {n_rows}; β = {result.beta:g}; max_length = {max_length}; computed on {result.num_processes} "
         f"process{'es' if result.num_processes > 1 else ''}",
         f"- pairs with z < 0 (the policy prefers the rejected response): {negative} ({negative / n_rows:.1%})",
+        f"- {_noise_line(result)}",
         "",
         "z = β·[(log πθ − log πref)(chosen) − (log πθ − log πref)(rejected)]; the lower z, the more suspicious "
         "the label.",

@@ -19,7 +19,8 @@ class AuditResult:
     Attributes:
         pairs: one dict per input row, most suspicious (lowest z) first: ``rank`` (1 = most suspicious), ``row`` (index
             in the input dataset), ``z`` (β·Δ), ``dpo_loss`` (−log σ(z)), ``<loss_type>_loss`` if a registered
-            `loss_type` was given, and the flip-record column (``label_flipped``) if the dataset has one.
+            `loss_type` was given, ``p_flipped`` (the noise estimate's probability that the label is flipped) when
+            there is an estimate, and the flip-record column (``label_flipped``) if the dataset has one.
         beta: the β used.
         loss_type: the registered loss type also scored, or None.
         auroc: with a flip record, the AUROC of the suspicion −z for the flipped pairs (1 = every flipped pair ranked
@@ -30,6 +31,9 @@ class AuditResult:
         paths: the files written, by kind (``jsonl``, ``csv``, ``summary``, ``histogram``); empty without `output_dir`.
         trl_metrics: TRL's own evaluation metrics over the same pass (``eval_rewards/margins``, ...).
         num_processes: how many processes computed the scores.
+        noise_estimate: the share of flipped labels estimated from the margins alone
+            (`trl_robust.noise.estimate_noise`, ``symmetric_mixture``), or None where the margins cannot tell (all
+            equal, e.g. a policy identical to its reference).
     """
 
     pairs: list[dict[str, Any]]
@@ -41,6 +45,7 @@ class AuditResult:
     paths: dict[str, str] = field(default_factory=dict)
     trl_metrics: dict[str, float] = field(default_factory=dict)
     num_processes: int = 1
+    noise_estimate: Any = None  # a `trl_robust.noise.NoiseEstimate`
 
     def to_dataset(self):
         """The per-pair table as a `datasets.Dataset`, in rank order."""

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import ROW_COLUMN
+from ..noise import estimate_noise
 from .checks import (
     AuditInputError,
     ModelSource,
@@ -47,8 +48,10 @@ from .checks import (
     check_loss_type,
     check_output_dir,
     check_per_pair,
+    check_same_vocabulary,
     check_settings,
     resolve_models,
+    vocabulary_facts,
 )
 from .metrics import flip_metrics
 from .report import OUTPUT_FILES, summary, write_outputs
@@ -211,6 +214,11 @@ def audit_preferences(
         if loss_type not in (None, "sigmoid"):
             check_per_pair(loss_type, args)
         model, ref_model, processing_class = _load_models(policy, reference, dtype, processing_class)
+        if ref_model is not None:  # loaded models could not be compared before: compare them now, before scoring
+            check_same_vocabulary(
+                vocabulary_facts(ModelSource(model, policy.is_adapter)),
+                vocabulary_facts(ModelSource(ref_model, False)), policy, reference,
+            )
         n_rows = len(dataset)
         indexed = dataset.add_column(ROW_COLUMN, np.arange(n_rows, dtype=np.int64))
         with warnings.catch_warnings():
@@ -234,6 +242,7 @@ def audit_preferences(
 
     z = beta * delta  # as TRL: `self.beta * delta_score`, in float32
     dpo_loss = -F.logsigmoid(z)
+    noise = _estimate_noise(z)
     loss_column = f"{loss_type}_loss" if loss_type not in (None, "sigmoid") else None
     order = sorted(range(n_rows), key=lambda i: (z[i].item(), i))  # most suspicious first; ties by row
     pairs = []
@@ -241,11 +250,13 @@ def audit_preferences(
         pair = {"rank": rank, "row": i, "z": z[i].item(), "dpo_loss": dpo_loss[i].item()}
         if loss_column:
             pair[loss_column] = extra[i].item()
+        if noise is not None:
+            pair["p_flipped"] = float(noise.p_flipped[i])
         if flipped is not None:
             pair[flip_column] = flipped[i]
         pairs.append(pair)
     result = AuditResult(pairs=pairs, beta=float(beta), loss_type=loss_column and loss_type,
-                         trl_metrics=trl_metrics, num_processes=num_processes)
+                         trl_metrics=trl_metrics, num_processes=num_processes, noise_estimate=noise)
     if flipped is not None:
         result.auroc, result.precision_at_k = flip_metrics(z.tolist(), flipped)
     if output_dir is not None:
@@ -258,6 +269,14 @@ def audit_preferences(
     if num_processes > 1:
         accelerator.wait_for_everyone()
     return result
+
+
+def _estimate_noise(z: torch.Tensor):
+    """The share of flipped labels these margins suggest, with each pair's probability; None where they cannot tell."""
+    try:
+        return estimate_noise(z.double().numpy())
+    except ValueError:  # all margins equal (a policy identical to its reference): nothing to estimate from
+        return None
 
 
 def _audit_config(output_dir, beta, batch_size, max_length, loss_type, loss_hyperparameters, use_cpu, show_progress,
