@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import trl_robust
 from trl_robust.cli import _trl_commands
 from trl_robust.cli import main as cli_main
 from trl_robust.cli.arguments import UsageError, make_parser, parse_dpo_args
+from trl_robust.registry import register_loss, unregister_loss
 from trl_robust.tiny import make_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,7 +25,13 @@ TINY_RECIPE = REPO / "recipes" / "tiny_offline.yaml"
 BIN = Path(sys.executable).parent  # the console scripts of the environment running the tests
 
 
-def run_command(name, *args, tmp_path, timeout=120):
+# torchrun's `--standalone`, through its environment default (PET_<OPTION>; accelerate passes no value of its own):
+# the rendezvous and the ranks' store bind port 0 themselves, so two-process runs started at the same time never race
+# for accelerate's default port 29500, nor for a port probed free and bound later.
+STANDALONE_RENDEZVOUS = {"PET_STANDALONE": "1"}
+
+
+def run_command(name, *args, tmp_path, timeout=120, extra_env=None):
     executable = BIN / name
     assert executable.exists(), f"{executable} missing: reinstall the package (`pip install -e .`)"
     env = {
@@ -35,6 +41,7 @@ def run_command(name, *args, tmp_path, timeout=120):
         "TOKENIZERS_PARALLELISM": "false",
         "TRL_ROBUST_CACHE": str(tmp_path / "builtin-cache"),  # the built-ins are materialised fresh
         "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache"),
+        **(extra_env or {}),
     }
     return subprocess.run(
         [str(executable), *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=timeout
@@ -51,12 +58,9 @@ def write_yaml(path: Path, config: dict) -> str:
 
 def test_tiny_offline_recipe_trains_and_saves_model_and_card_through_the_real_command(tmp_path):
     out = tmp_path / "out"
-    start = time.monotonic()
     argv = ["dpo", "--config", str(TINY_RECIPE), "--output_dir", str(out)]
     result = run_command("trl-robust", *argv, tmp_path=tmp_path)
-    elapsed = time.monotonic() - start
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    assert elapsed < 60, f"the offline recipe took {elapsed:.0f} s"
 
     # The saved model loads, and training moved it away from the built-in starting point.
     trained = AutoModelForCausalLM.from_pretrained(out).state_dict()
@@ -111,7 +115,8 @@ def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_pat
     one = write_yaml(tmp_path / "one.yaml", {**recipe, "per_device_train_batch_size": 16, "per_device_eval_batch_size": 16})
     results = {}
     for name, config in (("two", two), ("one", one)):
-        result = run_command("trl-robust", "dpo", "--config", config, "--output_dir", str(tmp_path / name), tmp_path=tmp_path)
+        argv = ["dpo", "--config", config, "--output_dir", str(tmp_path / name)]
+        result = run_command("trl-robust", *argv, tmp_path=tmp_path, extra_env=STANDALONE_RENDEZVOUS)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]  # a rank hanging at exit times out
         results[name] = training_log(tmp_path / name)
 
@@ -205,51 +210,193 @@ def test_command_reports_bad_input_in_one_message_without_launching(tmp_path):
 # --- an existing output directory and resuming ---------------------------------------------------------------------
 
 
+def checkpoint(directory: Path, complete: bool = True) -> Path:
+    """A `checkpoint-N/` as transformers leaves it: complete once `trainer_state.json` (written last) is there; a run
+    killed while saving leaves the first files only (here `config.json`)."""
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text("{}")
+    if complete:
+        (directory / "trainer_state.json").write_text(json.dumps({"global_step": int(directory.name.split("-")[1])}))
+    return directory
+
+
 def test_a_non_empty_output_dir_is_refused_and_left_as_it_was(tmp_path, no_model_loading):
     out = tmp_path / "out"
-    (out / "checkpoint-8").mkdir(parents=True)
-    (out / "checkpoint-16").mkdir()
+    checkpoint(out / "checkpoint-8")
+    checkpoint(out / "checkpoint-16")
+    checkpoint(out / "checkpoint-24", complete=False)  # killed while saving: never suggested
     (out / "model.safetensors").write_bytes(b"weights of an earlier run")
     config = write_yaml(tmp_path / "recipe.yaml", {**VALID, "output_dir": str(out)})
     with pytest.raises(UsageError) as error:
         parse_dpo_args(["--config", config])
     message = str(error.value)
-    assert "already exists and is not empty (checkpoint-16, checkpoint-8, model.safetensors)" in message
-    assert f"--resume_from_checkpoint {out / 'checkpoint-16'}" in message  # the latest, by step, not by name
+    assert "already exists and is not empty (checkpoint-16, checkpoint-24, checkpoint-8, model.safetensors)" in message
+    assert f"--resume_from_checkpoint {out / 'checkpoint-16'}`" in message  # the latest complete, by step, not by name
     assert "--overwrite_output_dir true" in message
+    assert f"incomplete: {out / 'checkpoint-24'} (no trainer_state.json" in message
+    assert f"--resume_from_checkpoint {out / 'checkpoint-24'}" not in message
     assert (out / "model.safetensors").read_bytes() == b"weights of an earlier run"
+
+
+def test_a_non_empty_output_dir_with_only_incomplete_checkpoints_suggests_no_resume(tmp_path, no_model_loading):
+    out = tmp_path / "out"
+    checkpoint(out / "checkpoint-4", complete=False)
+    config = write_yaml(tmp_path / "recipe.yaml", {**VALID, "output_dir": str(out)})
+    with pytest.raises(UsageError) as error:
+        parse_dpo_args(["--config", config])
+    assert "--resume_from_checkpoint" not in str(error.value) and "--overwrite_output_dir true" in str(error.value)
 
 
 @pytest.mark.parametrize("flags", [["--overwrite_output_dir", "true"], ["--resume_from_checkpoint", "true"]])
 def test_a_non_empty_output_dir_is_accepted_when_asked_for(tmp_path, no_model_loading, flags):
     out = tmp_path / "out"
-    out.mkdir()
+    checkpoint(out / "checkpoint-3")
     (out / "README.md").write_text("an earlier run")
     config = write_yaml(tmp_path / "recipe.yaml", {**VALID, "output_dir": str(out)})
     parse_dpo_args(["--config", config, *flags])  # no error
 
 
-def test_resume_from_checkpoint_through_the_command_continues_the_run(tmp_path):
-    # TRL 0.29's script calls `trainer.train()` and drops `--resume_from_checkpoint`; ours must honour it with every
-    # TRL. Two runs of 4 steps with a checkpoint (weights and optimizer) every 2: one straight through, and one
-    # resumed from a copy of the first's checkpoint-2. The resumed one must train steps 3-4 only, to the same weights.
+@pytest.mark.parametrize(
+    "yaml_value, flags",
+    [(True, []), (None, ["--resume_from_checkpoint", "true"]), (None, ["--resume_from_checkpoint", "True"]),
+     (None, ["--resume_from_checkpoint=yes"]), ("on", [])],
+)
+def test_resume_from_checkpoint_true_is_the_latest_complete_checkpoint(tmp_path, no_model_loading, yaml_value, flags):
+    out = tmp_path / "out"
+    for step, complete in ((2, True), (10, True), (9, True), (12, False), (14, False)):
+        checkpoint(out / f"checkpoint-{step}", complete)
+    recipe = {**VALID, "output_dir": str(out), **({"resume_from_checkpoint": yaml_value} if yaml_value else {})}
+    args = parse_dpo_args(["--config", write_yaml(tmp_path / "recipe.yaml", recipe), *flags])
+    latest = str(out / "checkpoint-10")  # by step (10 > 9 > 2); 12 and 14 were cut short while saving
+    assert args.training_args.resume_from_checkpoint == latest
+    assert args.script_argv[-2:] == ["--resume_from_checkpoint", latest]  # the training processes resume from it too
+    (notice,) = args.notices
+    assert f"resuming from {latest}" in notice
+    assert f"incomplete {out / 'checkpoint-12'}, {out / 'checkpoint-14'} (no trainer_state.json" in notice
+
+
+@pytest.mark.parametrize("word", ["false", "No"])
+def test_resume_from_checkpoint_false_starts_a_new_run(tmp_path, no_model_loading, word):
+    config = write_yaml(tmp_path / "recipe.yaml", {**VALID, "output_dir": str(tmp_path / "new")})
+    args = parse_dpo_args(["--config", config, "--resume_from_checkpoint", word])
+    assert args.training_args.resume_from_checkpoint is None and args.notices == []
+
+
+@pytest.mark.parametrize(
+    "resume, expected",
+    [
+        ("out/checkpoint-9", ["'out/checkpoint-9' does not exist", "Complete checkpoints: out/checkpoint-2,"]),
+        ("out/README.md", ["'out/README.md' is a file, not a checkpoint directory", "checkpoint-4 (or pass `true`"]),
+        ("out/checkpoint-6", ["'out/checkpoint-6' is not a complete checkpoint", "no trainer_state.json",
+                              "Complete checkpoints: out/checkpoint-2, out/checkpoint-4 "]),
+        ("out", ["'out' is a training output directory, not a checkpoint", "--resume_from_checkpoint out/checkpoint-4`",
+                 "--output_dir out --resume_from_checkpoint true"]),
+    ],
+)
+def test_a_bad_resume_path_is_refused_before_loading_a_model(tmp_path, no_model_loading, monkeypatch, resume, expected):
+    monkeypatch.chdir(tmp_path)  # the paths are relative, as typed
+    checkpoint(Path("out/checkpoint-2"))
+    checkpoint(Path("out/checkpoint-4"))
+    checkpoint(Path("out/checkpoint-6"), complete=False)
+    Path("out/README.md").write_text("an earlier run")
+    config = write_yaml(tmp_path / "recipe.yaml", {**VALID, "output_dir": "out"})
+    with pytest.raises(UsageError) as error:
+        parse_dpo_args(["--config", config, "--resume_from_checkpoint", resume])
+    for fragment in expected:
+        assert fragment in str(error.value)
+
+
+@pytest.mark.parametrize("incomplete, expected", [(True, "holds only incomplete ones: "), (False, "holds no")])
+def test_resume_true_without_a_complete_checkpoint_is_refused(tmp_path, no_model_loading, incomplete, expected):
+    out = tmp_path / "out"
+    out.mkdir()
+    if incomplete:
+        checkpoint(out / "checkpoint-4", complete=False)
+    config = write_yaml(tmp_path / "recipe.yaml", {**VALID, "output_dir": str(out)})
+    with pytest.raises(UsageError, match="resume_from_checkpoint true") as error:
+        parse_dpo_args(["--config", config, "--resume_from_checkpoint", "true"])
+    assert expected in str(error.value) and "--resume_from_checkpoint PATH" in str(error.value)
+
+
+@pytest.mark.parametrize("output_dir, expected", [("model.bin", "is a file, not a directory"),
+                                                  ("model.bin/run", "lies under")])
+def test_an_output_dir_that_is_a_file_is_refused(tmp_path, no_model_loading, output_dir, expected):
+    (tmp_path / "model.bin").write_bytes(b"not a directory")
+    config = write_yaml(tmp_path / "recipe.yaml", {**VALID, "output_dir": str(tmp_path / output_dir)})
+    for flags in ([], ["--overwrite_output_dir", "true"]):  # overwriting a file is no way out either
+        with pytest.raises(UsageError, match=expected):
+            parse_dpo_args(["--config", config, *flags])
+
+
+def test_a_yaml_key_set_twice_is_refused_with_both_lines(tmp_path, no_model_loading):
+    text = yaml.safe_dump(VALID, sort_keys=False) + "beta: 0.1\nlearning_rate: 1.0e-6\nbeta: 5.0\n"
+    (tmp_path / "recipe.yaml").write_text(text)
+    lines = [number for number, line in enumerate(text.splitlines(), 1) if line.startswith("beta:")]
+    with pytest.raises(UsageError) as error:
+        parse_dpo_args(["--config", str(tmp_path / "recipe.yaml")])
+    assert f"key 'beta' is set twice, on lines {lines[0]} and {lines[1]}" in str(error.value)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory):
+    """4 steps with a checkpoint (weights, optimizer, scheduler) every 2: what a resumed run must end as."""
+    tmp_path = tmp_path_factory.mktemp("uninterrupted")
     common = ["dpo", "--config", str(TINY_RECIPE), "--max_steps", "4", "--save_steps", "2", "--logging_steps", "1",
               "--save_only_model", "false", "--eval_strategy", "no", "--overwrite_output_dir", "false"]
     full = run_command("trl-robust", *common, "--output_dir", str(tmp_path / "full"), tmp_path=tmp_path)
     assert full.returncode == 0, full.stderr[-4000:]
-    shutil.copytree(tmp_path / "full" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
+    return common, tmp_path / "full", full
+
+
+def logged_steps(result):  # the training logs printed per step: {'loss': ..., 'epoch': ...}
+    return sum(line.lstrip().startswith("{'loss'") for line in result.stdout.splitlines())
+
+
+def assert_same_weights(actual_dir, expected_dir):
+    expected = AutoModelForCausalLM.from_pretrained(expected_dir).state_dict()
+    actual = AutoModelForCausalLM.from_pretrained(actual_dir).state_dict()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resume_from_checkpoint_through_the_command_continues_the_run(tmp_path, uninterrupted_run):
+    # TRL 0.29's script calls `trainer.train()` and drops `--resume_from_checkpoint`; ours must honour it with every
+    # TRL. Resumed from a copy of the uninterrupted run's checkpoint-2, it must train steps 3-4 only, to the same
+    # weights.
+    common, full_dir, full = uninterrupted_run
+    shutil.copytree(full_dir / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
     resume = ["--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", str(tmp_path / "resumed" / "checkpoint-2")]
     resumed = run_command("trl-robust", *common, *resume, tmp_path=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-
-    def logged_steps(result):  # the training logs printed per step: {'loss': ..., 'epoch': ...}
-        return sum(line.lstrip().startswith("{'loss'") for line in result.stdout.splitlines())
-
     assert (logged_steps(full), logged_steps(resumed)) == (4, 2)
-    expected = AutoModelForCausalLM.from_pretrained(tmp_path / "full").state_dict()
-    actual = AutoModelForCausalLM.from_pretrained(tmp_path / "resumed").state_dict()
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert_same_weights(tmp_path / "resumed", full_dir)
+
+
+def test_resume_true_through_the_command_continues_from_the_latest_complete_checkpoint(tmp_path, uninterrupted_run):
+    # A run killed while writing checkpoint-4 left only its config.json. `--resume_from_checkpoint True` on the command
+    # line (a string to TRL's parser, unlike YAML's `true`) must skip it and continue from checkpoint-2: global steps
+    # 3 and 4, with the uninterrupted run's losses and weights.
+    common, full_dir, full = uninterrupted_run
+    out = tmp_path / "killed"
+    shutil.copytree(full_dir / "checkpoint-2", out / "checkpoint-2")
+    (out / "checkpoint-4").mkdir()
+    shutil.copy(full_dir / "checkpoint-4" / "config.json", out / "checkpoint-4" / "config.json")
+    resumed = run_command("trl-robust", *common, "--output_dir", str(out), "--resume_from_checkpoint", "True",
+                          tmp_path=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert f"note: resuming from {out / 'checkpoint-2'}, the latest complete checkpoint" in resumed.stderr
+    assert f"skipped the incomplete {out / 'checkpoint-4'}" in resumed.stderr
+    assert logged_steps(resumed) == 2
+
+    def losses(state_file):
+        state = json.loads(state_file.read_text())
+        return state["global_step"], {entry["step"]: entry["loss"] for entry in state["log_history"] if "loss" in entry}
+
+    step, resumed_losses = losses(out / "checkpoint-4" / "trainer_state.json")  # written whole by the resumed run
+    full_step, full_losses = losses(full_dir / "checkpoint-4" / "trainer_state.json")
+    assert (step, sorted(resumed_losses)) == (full_step, [1, 2, 3, 4]) == (4, [1, 2, 3, 4])
+    assert [resumed_losses[s] for s in (3, 4)] == pytest.approx([full_losses[s] for s in (3, 4)], rel=1e-4)
+    assert_same_weights(out, full_dir)
 
 
 # --- what goes to `accelerate launch`, what to the training module --------------------------------------------------
@@ -270,6 +417,84 @@ def test_launcher_arguments_go_to_accelerate_and_the_rest_to_the_training_module
     assert args.launch_args[2:] == ["--num_processes", "2", "--multi_gpu", "--main_process_port", "29555"]
     assert args.script_argv == ["--config", config, "--learning_rate", "2e-6"]
     assert os.environ["TRL_ROBUST_TEST_VARIABLE"] == "set"
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--multi_gpu", "true"], ["--multi_gpu"]),
+        (["--multi_gpu", "True", "--learning_rate", "2e-6"], ["--multi_gpu"]),
+        (["--multi_gpu=yes"], ["--multi_gpu"]),
+        (["--multi_gpu"], ["--multi_gpu"]),
+        (["--multi_gpu", "false"], []),
+        (["--multi_gpu=off"], []),
+    ],
+)
+def test_on_off_launcher_flags_take_true_or_false_like_booleans(tmp_path, no_model_loading, flags, expected):
+    config = write_yaml(tmp_path / "recipe.yaml", {**VALID, "output_dir": str(tmp_path / "out")})
+    args = parse_dpo_args(["--config", config, "--num_processes", "2", *flags])
+    assert args.launch_args == ["--num_processes", "2", *expected]
+    assert args.script_argv == ["--config", config, *flags[2:]]  # `--learning_rate 2e-6` only, where given
+    # The same as the YAML key, which the two-process test runs end to end.
+    yaml_config = write_yaml(tmp_path / "yaml.yaml", {**VALID, "output_dir": str(tmp_path / "out"), "num_processes": 2,
+                                                      "multi_gpu": bool(expected)})
+    assert parse_dpo_args(["--config", yaml_config]).launch_args == args.launch_args
+
+
+def test_an_on_off_launcher_flag_with_another_value_is_refused(tmp_path, no_model_loading):
+    config = write_yaml(tmp_path / "recipe.yaml", {**VALID, "output_dir": str(tmp_path / "out")})
+    with pytest.raises(UsageError, match=r"`--multi_gpu` is on or off: .* got 'maybe'"):
+        parse_dpo_args(["--config", config, "--multi_gpu=maybe"])
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    """`trl-robust dpo` up to `accelerate launch`, which records what it was given instead of starting anything."""
+    import accelerate.commands.launch
+
+    calls = []
+    monkeypatch.setattr(accelerate.commands.launch, "launch_command", calls.append)
+    return calls
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="accelerate starts one process per GPU by itself")
+@pytest.mark.parametrize("flags, notice", [([], True), (["--multi_gpu", "true"], False), (["--cpu"], True)])
+def test_num_processes_on_a_machine_without_gpus_says_how_to_get_them(
+    tmp_path, capsys, no_model_loading, launched, flags, notice
+):
+    config = write_yaml(tmp_path / "recipe.yaml", {**VALID, "output_dir": str(tmp_path / "out")})
+    if "--cpu" in flags:  # accelerate refuses `--cpu` with `--multi_gpu`: say so before anything starts
+        assert cli_main(["dpo", "--config", config, "--num_processes", "2", "--cpu", "--multi_gpu"]) == 2
+        assert "only use one of `--cpu`, `--multi_gpu`" in capsys.readouterr().err and not launched
+    assert cli_main(["dpo", "--config", config, "--num_processes", "2", *flags]) == 0
+    (launch,) = launched
+    assert launch.num_processes == 2 and launch.multi_gpu == ("--multi_gpu" in flags)
+    err = capsys.readouterr().err
+    assert ("accelerate will start ONE process" in err) == notice
+    if notice:
+        assert "add `--multi_gpu` (YAML `multi_gpu: true`) and `--use_cpu true`" in err
+
+
+def test_help_lists_every_loss_type_and_the_accelerate_launch_options(capsys):
+    register_loss("help_test_margin", lambda z: -z)  # a third party's loss, registered before the parser is made
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["dpo", "--help"])
+        expected_losses = trl_robust.available_loss_types()
+    finally:
+        unregister_loss("help_test_margin")
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    loss_help = help_text.split("--loss_type LOSS_TYPE", 1)[1].split("\n  --", 1)[0]
+    words = set(loss_help.replace(",", " ").replace(".", " ").split())
+    assert {"ropo", "sympo_ramp", "cdpo", "drdpo", "help_test_margin", "sigmoid", "ipo"} <= set(expected_losses)
+    assert set(expected_losses) <= words
+    launcher_help = help_text.split("accelerate launch options", 1)[1]
+    for option in ("--accelerate_config", "--num_processes", "--multi_gpu", "--main_process_port", "--config_file",
+                   "--mixed_precision", "--num_machines", "--zero_stage", "--fsdp_version"):
+        assert f"\n  {option}" in launcher_help, option
+    for option in ("--module", "--no_python", "--gradient_accumulation_steps", "--debug"):  # ours, or the dataclasses'
+        assert f"\n  {option}" not in launcher_help, option
 
 
 def test_help_lists_trl_fields_and_robust_fields():

@@ -57,19 +57,24 @@ def dpo_command(argv: list[str], prog: str = "trl-robust dpo") -> int:
     """`trl-robust dpo ARGS`: check the arguments here, then train in processes started by `accelerate launch`."""
     from accelerate.commands.launch import launch_command, launch_command_parser
 
-    from .arguments import UsageError, parse_dpo_args
+    from .arguments import UsageError, check_launch, parse_dpo_args
     from .builtin import materialise_builtins
 
     try:
         args = parse_dpo_args(argv, prog=prog)
+        # TRL's `launch_training_script` only starts scripts inside `trl/scripts`; this is its body, aimed at our
+        # module. accelerate's own checks of it run first, so that they too come before anything is loaded.
+        launch_argv = [*args.launch_args, "--module", TRAINING_MODULE, *args.script_argv]
+        launch = launch_command_parser().parse_args(launch_argv)
+        notices = [*args.notices, *check_launch(launch)]
     except UsageError as error:
         print(f"{prog}: error: {error}\nRun `{prog} --help` to list every argument.", file=sys.stderr)
         return 2
+    for notice in notices:
+        print(f"{prog}: note: {notice}", file=sys.stderr)
     # Build `builtin:` names here, outside any distributed run and on every machine of a multi-machine one; the
     # training processes then find them in the cache.
     materialise_builtins(args.script_args, args.model_args)
-    # TRL's `launch_training_script` only starts scripts inside `trl/scripts`; this is its body, aimed at our module.
-    launch = launch_command_parser().parse_args([*args.launch_args, "--module", TRAINING_MODULE, *args.script_argv])
     try:
         launch_command(launch)
     except subprocess.CalledProcessError as error:  # the training process has already printed its traceback

@@ -73,4 +73,6 @@ if __name__ == "__main__":
         args = parse_dpo_args(sys.argv[1:], prog=prog, check_output_dir=single_process)
     except UsageError as error:
         sys.exit(f"{prog}: error: {error}")
+    for notice in args.notices:  # started by hand with `resume_from_checkpoint: true`: which checkpoint, and why
+        print(f"{prog}: note: {notice}", file=sys.stderr)
     main(*args.dataclasses, args.noise_args)
