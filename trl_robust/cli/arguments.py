@@ -330,7 +330,7 @@ def _on_off_flags(launch_args: list[str], launcher: dict) -> list[str]:
 
 
 def _on_off_value(option: str, value) -> bool:
-    flag = value if isinstance(value, bool) else _bool_word(value)
+    flag = bool(value) if isinstance(value, int) and value in (0, 1) else _bool_word(value)
     if flag is None:
         raise UsageError(f"`{option}` is on or off: write `{option}` alone, or `{option} true|false`; got {value!r}.")
     return flag
@@ -526,7 +526,6 @@ def check_launch(launch: argparse.Namespace) -> list[str]:
         from accelerate.commands.launch import _validate_launch_command  # private: skip the check if it moved
     except ImportError:
         return []
-    asked = launch.num_processes
     validated = copy.deepcopy(launch)
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)  # accelerate logs its defaults; the real launch will log them once
@@ -541,13 +540,14 @@ def check_launch(launch: argparse.Namespace) -> list[str]:
     several = ("multi_gpu", "use_deepspeed", "use_fsdp", "use_megatron_lm", "tpu")
     distributed = any(getattr(validated, name, False) for name in several) and not validated.cpu
     elsewhere = getattr(defaults, "compute_environment", "LOCAL_MACHINE") != "LOCAL_MACHINE"
+    asked = validated.num_processes  # from the command line, the YAML, or an accelerate config file
     if asked is None or asked < 2 or distributed or elsewhere or getattr(validated, "mpirun_hostfile", None):
         return []
     return [
-        f"`num_processes {asked}`, but accelerate will start ONE process: with no GPU (or with `--cpu`) and no "
-        "`--multi_gpu`, DeepSpeed or FSDP, `accelerate launch` runs a single process. For "
-        f"{asked} CPU processes (torch.distributed with gloo), add `--multi_gpu` (YAML `multi_gpu: true`) and "
-        "`--use_cpu true`."
+        f"`num_processes {asked}`, but accelerate will start ONE process: without `--multi_gpu`, DeepSpeed or FSDP "
+        "(which it turns on by itself only where it sees 2 or more GPUs), or with `--cpu`, `accelerate launch` runs a "
+        f"single process. For {asked} CPU processes (torch.distributed with gloo), add `--multi_gpu` (YAML "
+        "`multi_gpu: true`) and `--use_cpu true`."
     ]
 
 
