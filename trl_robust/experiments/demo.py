@@ -36,6 +36,7 @@ def run_demo(args: DemoArguments) -> str:
     out.mkdir(parents=True, exist_ok=True)
     setting = nb.Setting(epochs=args.epochs)
     jobs = nb.grid_jobs(DEMO_METHODS, [args.flip_rate], [args.seed], setting)
+    nb.quiet_libraries()
     print(f"Training {', '.join(DEMO_METHODS)} on the synthetic task with {args.flip_rate:.0%} of the labels flipped...")
     start = time.perf_counter()
     results = nb.run_grid(jobs, out / "work", workers=nb.cpu_workers(), results_file=None)
@@ -50,7 +51,9 @@ def run_demo(args: DemoArguments) -> str:
             f"| {result['method']} | {100 * s['early_stopped_accuracy']:.1f}% | {100 * s['final_accuracy']:.1f}% "
             f"| {100 * s['peak_accuracy']:.1f}% | {s['final_reward_gain']:+.3f} |"
         )
-    nb.plot_training_curves(results, out / "training_curves.png")
+    title = (f"Synthetic task, {args.flip_rate:.0%} of the training labels flipped — one seed ({args.seed}): "
+             "single-run wiggles are noise")
+    nb.plot_training_curves(results, out / "training_curves.png", title=title)
     table = "\n".join(rows)
     print(table)
     print(

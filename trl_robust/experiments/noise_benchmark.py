@@ -263,16 +263,37 @@ def _run_job_star(arguments):
     return run_job(*arguments)
 
 
+def quiet_libraries() -> None:
+    """One progress bar for the whole grid, and nothing else: no per-run dataset or weight-loading bars interleaved
+    from the workers, no third-party FutureWarnings (TRL's and transformers' deprecations are for the tests to show),
+    and tqdm's lock a thread lock, so spawned workers leave no semaphore behind ("leaked semaphore" at exit)."""
+    import threading
+    import warnings
+
+    import datasets
+    import transformers
+    from tqdm.auto import tqdm
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    tqdm.set_lock(threading.RLock())
+
+
 def run_grid(jobs: list[Job], root, workers: int = 2, results_file=None, progress=True) -> list[dict]:
     """Run `jobs` (tasks built first), `workers` processes with one thread each; append each result to `results_file`."""
     from tqdm.auto import tqdm
 
+    quiet_libraries()
     root = Path(root)
     for seed in sorted({j.seed for j in jobs}):
         build_task(root, seed, jobs[0].setting)
     results = []
     context = multiprocessing.get_context("spawn")  # torch + fork is fragile; spawn is what accelerate uses too
-    with context.Pool(workers) as pool, tqdm(total=len(jobs), disable=not progress, desc="runs") as bar:
+    with context.Pool(workers, initializer=quiet_libraries) as pool, tqdm(
+        total=len(jobs), disable=not progress, desc="runs"
+    ) as bar:
         for result in pool.imap_unordered(_run_job_star, [(job, root) for job in jobs]):
             results.append(result)
             if results_file is not None:
@@ -394,25 +415,35 @@ def plot(results: list[dict], path) -> None:
     plt.close(fig)
 
 
-def plot_training_curves(results: list[dict], path) -> None:
-    """Clean accuracy and true-reward gain over epochs, one line per run (the demo's plot)."""
+def plot_training_curves(results: list[dict], path, title: str | None = None) -> None:
+    """Clean accuracy and true-reward gain over epochs, one line per run (the demo's plot), with the epoch at which DPO
+    would be early-stopped on the noisy validation split marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
     for result in results:
         epochs = range(1, len(result["clean_accuracy"]) + 1)
         label = f"{result['method']} ({result['flip_rate']:.0%} flips)"
         axes[0].plot(epochs, [100 * a for a in result["clean_accuracy"]], marker=".", label=label)
         axes[1].plot(epochs, result["reward_gain"], marker=".", label=label)
+    for result in (r for r in results if r["method"] == "DPO"):
+        stop = early_stop_epoch(result) + 1
+        label = f"DPO early-stopped: epoch {stop} (best noisy-validation accuracy)"
+        for ax in axes:
+            ax.axvline(stop, color="0.4", linestyle="--", linewidth=1, label=label)
     axes[0].set_ylabel("clean held-out preference accuracy (%)")
     axes[1].set_ylabel("true-reward gain over the reference")
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
