@@ -1,6 +1,7 @@
 # Local set-up and tests on a CPU machine, offline. `make test` is the one command a new user (and CI) runs.
 #   make test          virtualenv .venv with the newest supported TRL, then the test suite
 #   make test-oldest   the same suite against the oldest supported TRL (.venv-trl-oldest)
+#   make test-fast     the tests that start no other process (a quick loop while developing; `make test` runs all)
 #   make test-trl-minors  the parity tests against every TRL minor release in the supported range (in .venv-trl-oldest)
 #   make demo          the main job: DPO vs the robust losses on the built-in task with 40% flipped labels
 #   make tiny          train the built-in tiny model on built-in data through `trl-robust dpo` (no downloads)
@@ -15,7 +16,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: test test-oldest test-trl-minors demo tiny clean
+.PHONY: test test-fast test-oldest test-trl-minors demo tiny clean
 
 .venv/installed: pyproject.toml
 	$(PYTHON) -m venv .venv
@@ -34,6 +35,9 @@ export TOKENIZERS_PARALLELISM := false
 
 test: .venv/installed
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+test-fast: .venv/installed
+	.venv/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-oldest: .venv-trl-oldest/installed
 	.venv-trl-oldest/bin/python -m pytest $(PYTEST_ARGS)

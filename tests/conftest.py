@@ -88,6 +88,21 @@ def independent_logps(model, batch):
     return (token_logps * mask).sum(dim=1)
 
 
+# What starts another process (the real command, `accelerate launch`, a fresh interpreter, a benchmark script).
+# Tests doing so are marked `slow`: `make test-fast` leaves them out for a quick loop; `make test` runs everything.
+_STARTS_PROCESSES = ("subprocess.", "run_command(", "run_python(", "cli_main(")
+
+
+def pytest_collection_modifyitems(config, items):
+    import inspect
+
+    for item in items:
+        function = getattr(item, "function", None)
+        source = inspect.getsource(function) if function is not None else ""
+        if any(token in source for token in _STARTS_PROCESSES) or "cli_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_report_header(config):
     import transformers
     import trl

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -20,10 +22,14 @@ def test_overhead_benchmark_reports_ratios_against_stock_trl(tmp_path):
         [" trl-robust ", " `sympo_sigmoid` "], [" trl-robust ", " `sympo_ramp` "],
         [" trl-robust ", " `ropo` + filter (ρ 0.2, per step) "],
     ]
-    speed_ratio, memory_ratio = float(rows[0].split("|")[5]), float(rows[0].split("|")[7])
-    assert speed_ratio == memory_ratio == 1.0  # the baseline against itself
-    for row in rows[1:]:
-        assert 0.2 < float(row.split("|")[5]) < 5  # a real measurement, not a placeholder
+    cells = [[cell.strip() for cell in row.split("|")[4:8]] for row in rows]
+    stock_speed, _, stock_memory, _ = map(float, cells[0])
+    for speed, speed_ratio, memory, memory_ratio in (map(float, row) for row in cells):
+        # Each ratio is its row's measurement over stock TRL's from the same run (no claim about how fast: that is
+        # the benchmark's to report, not a test's).
+        assert speed > 0 and memory > 0
+        assert speed_ratio == pytest.approx(speed / stock_speed, abs=6e-3)
+        assert memory_ratio == pytest.approx(memory / stock_memory, abs=6e-3)
 
 
 def test_noise_benchmark_reports_every_method_family_and_the_audit(tmp_path):
