@@ -425,6 +425,28 @@ def test_loaded_models_with_different_vocabularies_are_refused_before_scoring(ti
         audit_preferences(policy, noisy_dataset, ref_model=reference, show_progress=False)
 
 
+def test_a_beta_other_than_the_one_the_policy_was_trained_with_warns_before_loading(
+    tiny_model_path, noisy_dataset, tmp_path, no_model_loading
+):
+    import shutil
+    import warnings
+
+    from trl_robust import RobustDPOConfig
+
+    policy = tmp_path / "policy"
+    shutil.copytree(tiny_model_path, policy)
+    # What transformers' Trainer saves next to the model: the training arguments, pickled by torch.save.
+    torch.save(RobustDPOConfig(output_dir=str(tmp_path / "run"), beta=0.5, use_cpu=True, bf16=False),
+               policy / "training_args.bin")
+    with pytest.warns(UserWarning, match=r"trained with beta=0.5 .*audit uses beta=0.1.*--beta 0.5"):
+        with pytest.raises(AssertionError, match="a model was loaded"):  # the warning came first
+            audit_preferences(str(policy), noisy_dataset, ref_model=tiny_model_path, beta=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with pytest.raises(AssertionError, match="a model was loaded"):
+            audit_preferences(str(policy), noisy_dataset, ref_model=tiny_model_path, beta=0.5)
+
+
 # --- bad input -------------------------------------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ import json
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +168,55 @@ def vocabulary_facts(source: ModelSource) -> dict[str, Any]:
             facts["vocab"] = vocab if isinstance(vocab, dict) else None
             break
     return facts
+
+
+def saved_beta(source: ModelSource) -> float | None:
+    """The β the policy was trained with, where its directory holds transformers' `training_args.bin`; else None.
+
+    That file is a pickle: it is *read* without being unpickled (no code from it runs), by walking its opcodes for the
+    float that follows the key "beta".
+    """
+    import pickletools
+    import zipfile
+
+    if source.is_loaded:
+        return None
+    path = os.path.join(os.path.expanduser(os.fspath(source.value)), "training_args.bin")
+    if not os.path.isfile(path):
+        return None
+    try:
+        if zipfile.is_zipfile(path):  # torch.save's format: the pickle is one member of a zip archive
+            with zipfile.ZipFile(path) as archive:
+                name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                data = archive.read(name)
+        else:
+            with open(path, "rb") as file:
+                data = file.read()
+        key_seen = False
+        for opcode, argument, _ in pickletools.genops(data):
+            if argument == "beta":
+                key_seen = True
+            elif key_seen and opcode.name in ("BINFLOAT", "FLOAT"):
+                return float(argument)
+            elif key_seen and isinstance(argument, str):  # the next key: β was not stored as a float
+                return None
+    except (OSError, ValueError, StopIteration, zipfile.BadZipFile):
+        return None
+    return None
+
+
+def check_beta(beta: float, policy: ModelSource) -> None:
+    """Warn when the β given differs from the one the policy was trained with: z = β·Δ, and the losses read z on the
+    scale the policy was trained at (the ranking and the noise estimate do not depend on it)."""
+    trained = saved_beta(policy)
+    if trained is not None and not math.isclose(trained, beta, rel_tol=1e-6):
+        warnings.warn(
+            f"The policy {policy.describe()} was trained with beta={trained:g} (its training_args.bin), and the audit "
+            f"uses beta={beta:g}. The ranking is the same, but z and the losses "
+            f"are on another scale than in training; pass beta={trained:g} (`--beta {trained:g}`) unless you mean it.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def check_same_vocabulary(policy_facts, reference_facts, policy: ModelSource, reference: ModelSource) -> None:

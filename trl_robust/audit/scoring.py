@@ -48,6 +48,7 @@ from .checks import (
     check_loss_type,
     check_output_dir,
     check_per_pair,
+    check_beta,
     check_same_vocabulary,
     check_settings,
     resolve_models,
@@ -208,6 +209,7 @@ def audit_preferences(
     check_loss_type(loss_type, loss_hyperparameters)
     flipped = check_dataset(dataset, flip_column)
     policy, reference = resolve_models(model, ref_model)
+    check_beta(beta, policy)
     with tempfile.TemporaryDirectory(prefix="trl-robust-audit-") as trainer_dir:
         args = _audit_config(trainer_dir, beta, batch_size, max_length, loss_type, loss_hyperparameters, use_cpu,
                              show_progress, dataset_num_proc)
