@@ -41,6 +41,12 @@ def conversational_dataset():
     return Dataset.from_list(tiny_preference_records(n=16, seed=1, conversational=True))
 
 
+# torchrun's `--standalone`, through its environment default (PET_<OPTION>; accelerate passes no value of its own): the
+# rendezvous and the ranks' store bind port 0 themselves, so two-process runs started at the same time never race for
+# accelerate's default port 29500, nor for a port probed free and bound later. Put it in every multi-process launch.
+STANDALONE_RENDEZVOUS = {"PET_STANDALONE": "1"}
+
+
 def train_args(tmp_path, config_cls=None, **overrides):
     """A fast CPU config for the tiny model; tests override what they pin down."""
     from trl_robust import RobustDPOConfig

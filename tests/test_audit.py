@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ from trl_robust.data import flip_preferences
 from trl_robust.losses import ropo_loss
 from trl_robust.tiny import WORDS, tiny_preference_records
 
-from .conftest import independent_logps, perturb_, train_args
+from .conftest import STANDALONE_RENDEZVOUS, independent_logps, perturb_, train_args
 
 BIN = Path(sys.executable).parent  # the console scripts of the environment running the tests
 
@@ -503,18 +502,13 @@ def command_env(tmp_path):
         "OMP_NUM_THREADS": "1",
         "TRL_ROBUST_CACHE": str(tmp_path / "builtin-cache"),  # the built-ins are materialised fresh
         "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache"),
+        **STANDALONE_RENDEZVOUS,
     }
 
 
 def builtin_train_split(tmp_path):
     (path,) = (tmp_path / "builtin-cache").glob("*/datasets/tiny")
     return load_dataset(str(path), split="train", cache_dir=str(tmp_path / "datasets-cache"))
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -549,7 +543,7 @@ def test_two_processes_score_every_row_once_as_one_process_does(cli_run):
     # On a machine without GPUs, `--multi_gpu --num_processes 2` gives two gloo ranks (with use_cpu). 64 pairs in
     # batches of 5 per rank leave a last global batch that accelerate pads with repeated pairs: they must not count.
     launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+              "--mixed_precision", "no", "--dynamo_backend", "no"]
     result = subprocess.run(
         [*launch, "-m", "trl_robust.scripts.audit", *argv, "--use_cpu", "true", "--output_dir", str(tmp / "two")],
         capture_output=True, text=True, env=command_env(tmp), cwd=tmp, timeout=180,

@@ -20,15 +20,13 @@ from trl_robust.cli.arguments import UsageError, make_parser, parse_dpo_args
 from trl_robust.registry import register_loss, unregister_loss
 from trl_robust.tiny import make_tiny_model
 
+from .conftest import STANDALONE_RENDEZVOUS
+
 REPO = Path(__file__).resolve().parent.parent
 TINY_RECIPE = REPO / "recipes" / "tiny_offline.yaml"
 BIN = Path(sys.executable).parent  # the console scripts of the environment running the tests
 
 
-# torchrun's `--standalone`, through its environment default (PET_<OPTION>; accelerate passes no value of its own):
-# the rendezvous and the ranks' store bind port 0 themselves, so two-process runs started at the same time never race
-# for accelerate's default port 29500, nor for a port probed free and bound later.
-STANDALONE_RENDEZVOUS = {"PET_STANDALONE": "1"}
 
 
 def run_command(name, *args, tmp_path, timeout=120, extra_env=None):

@@ -2,13 +2,14 @@
 experiment tracker's files are complete."""
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import yaml
+
+from .conftest import STANDALONE_RENDEZVOUS
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -21,12 +22,6 @@ SITECUSTOMIZE = textwrap.dedent("""
         marker = os.path.join(os.environ["EXIT_MARKERS"], "atexit-rank" + os.environ["RANK"])
         atexit.register(lambda: open(marker, "w").write("ran"))
 """)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_a_two_process_run_runs_atexit_handlers_and_leaves_complete_tracker_files(tmp_path):
@@ -57,8 +52,9 @@ def test_a_two_process_run_runs_atexit_handlers_and_leaves_complete_tracker_file
         "TRL_ROBUST_CACHE": str(tmp_path / "builtin-cache"),
         "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
         "EXIT_MARKERS": str(markers),
+        **STANDALONE_RENDEZVOUS,
     }
-    argv = ["dpo", "--config", str(config), "--main_process_port", str(free_port())]
+    argv = ["dpo", "--config", str(config)]
     result = subprocess.run(
         [str(BIN / "trl-robust"), *argv], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
     )

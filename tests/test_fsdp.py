@@ -13,6 +13,8 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
+from .conftest import STANDALONE_RENDEZVOUS
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -34,6 +36,7 @@ def train(tmp_path: Path, name: str, recipe: dict, extra_env: dict | None = None
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "TRL_ROBUST_CACHE": str(tmp_path / "builtin-cache"),
+        **STANDALONE_RENDEZVOUS,
         **(extra_env or {}),
     }
     result = subprocess.run(
