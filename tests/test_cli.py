@@ -473,6 +473,18 @@ def test_num_processes_on_a_machine_without_gpus_says_how_to_get_them(
         assert "add `--multi_gpu` (YAML `multi_gpu: true`) and `--use_cpu true`" in err
 
 
+@pytest.mark.parametrize("accelerate_config", ["fsdp2", "zero2"])
+def test_multi_gpu_with_a_sharded_accelerate_config_is_refused_before_anything_starts(
+    tmp_path, capsys, no_model_loading, launched, accelerate_config
+):
+    # accelerate lets `--multi_gpu` override the config file's FSDP/DeepSpeed: the run would be plain DDP, silently.
+    config = write_yaml(tmp_path / "recipe.yaml", {**VALID, "output_dir": str(tmp_path / "out")})
+    argv = ["dpo", "--config", config, "--num_processes", "2", "--accelerate_config", accelerate_config]
+    assert cli_main([*argv, "--multi_gpu"]) == 2 and not launched
+    kind = "FSDP" if accelerate_config.startswith("fsdp") else "DEEPSPEED"
+    assert f"`--multi_gpu` with an accelerate config for {kind} would run plain DDP" in capsys.readouterr().err
+
+
 def test_help_lists_every_loss_type_and_the_accelerate_launch_options(capsys):
     register_loss("help_test_margin", lambda z: -z)  # a third party's loss, registered before the parser is made
     try:

@@ -535,6 +535,16 @@ def check_launch(launch: argparse.Namespace) -> list[str]:
         raise UsageError(f"accelerate launch: {error}") from error
     finally:
         logging.disable(previous)
+    # `--multi_gpu` wins over the config file's distributed type: with an FSDP or DeepSpeed config accelerate would
+    # silently train plain DDP, every rank holding the whole model.
+    configured = str(getattr(defaults, "distributed_type", "") or "")
+    sharded = ("FSDP", "DEEPSPEED", "MEGATRON")
+    if launch.multi_gpu and any(kind in configured for kind in sharded) and not (validated.use_fsdp or validated.use_deepspeed):
+        raise UsageError(
+            f"`--multi_gpu` with an accelerate config for {configured.split('.')[-1]} would run plain DDP instead "
+            "(accelerate lets `--multi_gpu` override the config's distributed type). Remove `--multi_gpu` (YAML "
+            "`multi_gpu`): the config starts `num_processes` ranks itself, on CPUs too."
+        )
     # accelerate's `launch_command` starts its "simple launcher", one process (without an MPI hostfile), unless one
     # of these is set; a config for another compute environment (SageMaker) goes its own way.
     several = ("multi_gpu", "use_deepspeed", "use_fsdp", "use_megatron_lm", "tpu")
