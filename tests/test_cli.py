@@ -550,6 +550,10 @@ def test_demo_command_trains_prints_a_table_and_writes_a_plot(tmp_path):
         assert f"| {method} |" in result.stdout
     assert "40% of the labels flipped" in result.stdout
     assert (out / "training_curves.png").stat().st_size > 10_000
+    # Quiet: the grid's one progress bar, nothing from the workers' datasets, weights or third-party deprecations.
+    output = result.stdout + result.stderr
+    for noise in ("Tokenizing", "Loading weights", "Flipping", "FutureWarning", "leaked semaphore"):
+        assert noise not in output, noise
 
 
 def test_demo_refuses_a_bad_flip_rate_before_training(tmp_path):
