@@ -410,3 +410,43 @@ def test_trainer_warns_about_identical_pairs_and_still_builds(tiny_model_path, t
             processing_class=make_tokenizer(),
         )
     assert len(trainer.train_dataset) == 16
+
+
+# --- the flip record ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags, rows, shown",
+    [
+        # e.g. read from a CSV file as text
+        (["True", "False", "False", "True"], "rows 0, 1, 2, 3", ["row 0, column 'label_flipped': got str ('True')",
+                                                                 "row 1, column 'label_flipped': got str ('False')"]),
+        ([True, None, False, False], "row 1", ["row 1, column 'label_flipped': got NoneType (None)"]),
+        ([0.5, 1.0, 0.0, 2], "rows 0, 3", ["row 0, column 'label_flipped': got float (0.5)",
+                                           "row 3, column 'label_flipped': got float (2.0)"]),
+    ],
+)
+def test_a_flip_record_that_is_not_true_or_false_is_named_by_column_and_row(flags, rows, shown):
+    dataset = Dataset.from_list([{**pair, "label_flipped": flag} for pair, flag in zip(standard_pairs(4), flags)])
+    with pytest.raises(ValueError) as error:
+        check_preference_dataset(dataset, "train_dataset")
+    message = str(error.value)
+    assert message.startswith(f"train_dataset: {len(rows.split(','))} row")
+    assert f"a 'label_flipped' value that is not True or False ({rows})" in message
+    for line in shown:
+        assert line in message
+    assert "dataset.remove_columns('label_flipped')" in message
+
+
+@pytest.mark.parametrize("flags", [[True, False, False, True], [1, 0, 0, 1]])
+def test_a_flip_record_of_bools_or_zeros_and_ones_passes(flags):
+    dataset = Dataset.from_list([{**pair, "label_flipped": flag} for pair, flag in zip(standard_pairs(4), flags)])
+    assert check_without_warning(dataset)["rows"] == 4
+
+
+def test_the_trainer_checks_the_flip_record_before_loading_a_model(no_model_loading, tmp_path):
+    # Before this check the filter's collator failed inside the DataLoader with "too many dimensions 'str'".
+    records = [{**pair, "label_flipped": "no"} for pair in standard_pairs(3)]
+    args = train_args(tmp_path, loss_type="ropo", ropo_filter_ratio=0.2)
+    with pytest.raises(ValueError, match=r"^train_dataset: 3 rows have a 'label_flipped' value that is not True"):
+        RobustDPOTrainer(model="unused-model", args=args, train_dataset=Dataset.from_list(records))

@@ -235,6 +235,9 @@ def check_preference_dataset(
       ``role`` and a ``content`` that is a str, a list of parts (multimodal) or None (tool calls); and the three
       columns are in the same format (TRL concatenates prompt and response).
     - No ``chosen`` or ``rejected`` is empty: a blank string, no messages, or only messages without content.
+    - A ``label_flipped`` column (the record `flip_preferences` writes, which ROPO's filter and the audit read) holds
+      only True/False (or 0/1): a string or None there would otherwise fail inside the DataLoader with a message that
+      does not name the column.
     - ``chosen`` identical to ``rejected`` is allowed but warned about (`UserWarning`, with the count): such a
       pair carries no preference. Its margin is 0 whatever the model, so under a margin-based loss (DPO's
       sigmoid, IPO, ROPO, SymPO, ...) it adds a constant to the loss and nothing to the gradient.
@@ -342,6 +345,14 @@ def check_preference_dataset(
             "alone, or TRL fails on it with an error that does not name the row. "
             f"Fix these rows or drop them,{example_filter}."
         )
+    flip_problems = _flip_record_problems(dataset, batch_size) if FLIP_COLUMN in columns else []
+    if flip_problems:
+        sections.append(
+            _rows_section(flip_problems, f"a {FLIP_COLUMN!r} value that is not True or False")
+            + f"\n{FLIP_COLUMN!r} records which pairs `flip_preferences` (or `--flip_rate`) flipped; ROPO's filter and "
+            "the audit read it as True/False (0/1 also works). Fix these rows, or remove the column with "
+            f"`dataset = dataset.remove_columns({FLIP_COLUMN!r})` if it means something else."
+        )
     if sections:
         raise ValueError(f"{name}: " + "\n\n".join(sections))
 
@@ -385,6 +396,18 @@ def check_trainer_datasets(trainer_init: Callable, /, *args, **kwargs) -> dict[s
             if isinstance(dataset, (Dataset, IterableDataset)):
                 results[name] = check_preference_dataset(dataset, name)
     return results
+
+
+def _flip_record_problems(dataset: Dataset, batch_size: int) -> list[tuple[int, str, str]]:
+    """(row, column, what was found) for each `FLIP_COLUMN` value that is neither a bool nor the number 0 or 1."""
+    problems, row = [], 0
+    for batch in dataset.select_columns([FLIP_COLUMN]).with_format(None).iter(batch_size=batch_size):
+        for value in batch[FLIP_COLUMN]:
+            is_flag = isinstance(value, bool) or (isinstance(value, numbers.Real) and value in (0, 1))
+            if not is_flag:
+                problems.append((row, FLIP_COLUMN, f"got {type(value).__name__} ({_short_repr(value)})"))
+            row += 1
+    return problems
 
 
 def _text_format(value: Any) -> tuple[str | None, str | None]:
