@@ -1,7 +1,11 @@
 """`RobustDPOConfig` validation: errors say what to do next, and come at construction."""
 
 import math
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -95,3 +99,38 @@ def test_liger_kernel_is_refused_only_where_it_bypasses_the_loss_chain():
         validate_robust_args(args)  # from 1.14 Liger no longer replaces the loss chain
     args.loss_type = ["sigmoid"]
     validate_robust_args(args)  # built-in losses are TRL's business either way
+
+
+def label_smoothing_warnings(caught):
+    return [w for w in caught if "has no effect with loss_type 'sigmoid'" in str(w.message)]
+
+
+def test_label_smoothing_with_sigmoid_warns_once_for_a_config_and_its_trainer(
+    tiny_model_path, preference_dataset, tmp_path, monkeypatch
+):
+    from trl_robust import RobustDPOTrainer
+
+    monkeypatch.setenv("PYTHONWARNINGS", "")  # restored after the test
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # not Python's once-per-location default: count every call
+        args = train_args(tmp_path, loss_type="sigmoid", label_smoothing=0.1)
+        RobustDPOTrainer(model=tiny_model_path, args=args, train_dataset=preference_dataset)
+    assert len(label_smoothing_warnings(caught)) == 1
+
+
+def test_label_smoothing_warning_is_not_repeated_by_the_processes_this_one_starts(tmp_path, monkeypatch):
+    # `trl-robust dpo` builds the config in its own process and again in each training process it launches; these
+    # inherit the environment, hence an `ignore` filter for the warning already shown.
+    monkeypatch.setenv("PYTHONWARNINGS", "")
+    with pytest.warns(UserWarning, match="no effect with loss_type 'sigmoid'"):
+        train_args(tmp_path, loss_type="sigmoid", label_smoothing=0.1)
+    child = (
+        "from tests.conftest import train_args; from pathlib import Path\n"
+        f"train_args(Path({str(tmp_path)!r}), loss_type='sigmoid', label_smoothing=0.1)\n"
+        f"train_args(Path({str(tmp_path)!r}), loss_type='sigmoid', label_smoothing=0.2)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "label_smoothing=0.1` has no effect" not in result.stderr
+    assert "label_smoothing=0.2` has no effect" in result.stderr  # another value is another message

@@ -2,6 +2,7 @@
 and settings."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -11,7 +12,14 @@ from transformers import AutoModelForCausalLM
 
 from trl_robust import RobustDPOTrainer
 from trl_robust.data import ROW_COLUMN, flip_preferences
-from trl_robust.filtering import filtered_loss, n_suspected, suspected_pairs
+from trl_robust.filtering import (
+    filter_window,
+    filtered_loss,
+    n_suspected,
+    rankable,
+    running_suspected_pairs,
+    suspected_pairs,
+)
 from trl_robust.tiny import tiny_preference_records
 
 from .conftest import first_batch, independent_logps, perturb_, train_args
@@ -47,6 +55,83 @@ def test_a_margin_cap_keeps_only_the_suspects_the_model_disagrees_with():
     assert suspected_pairs(z, 0.6, max_margin=1.0).tolist() == [False, True, False, True, True]
     # On data the model agrees with everywhere, nothing is distrusted.
     assert not suspected_pairs(torch.tensor([0.1, 0.4, 2.0]), 0.5, max_margin=0.0).any()
+
+
+# --- the running (per-step) filter --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pairs_per_step, ratio, expected",
+    # One optimizer step's pairs, but at least ⌈10/ρ⌉: 10/0.2 = 50, 10/0.25 = 40, 10/0.29 = 34.5 → 35.
+    [(128, 0.2, 128), (4, 0.2, 50), (16, 0.25, 40), (40, 0.25, 40), (1, 0.29, 35), (16, 0.75, 16)],
+)
+def test_the_window_is_one_optimizer_step_of_pairs_with_a_floor_of_ten_suspects(pairs_per_step, ratio, expected):
+    assert filter_window(pairs_per_step, ratio) == expected
+
+
+def test_a_pair_is_distrusted_when_it_ranks_in_the_lowest_share_of_the_window():
+    # Window = history + this micro-batch = [0.5, −1, 2 | −0.5, 3], m = 5, quota ⌊0.4 · 5 + 0⌋ = 2: the two lowest of
+    # the window are −1 (history) and −0.5, so of this micro-batch only −0.5 is distrusted. Debt: 0.4 · 2 − 1 = −0.2.
+    history, z = torch.tensor([0.5, -1.0, 2.0]), torch.tensor([-0.5, 3.0])
+    suspected, window, debt = running_suspected_pairs(z, history, torch.tensor(0.0), 0.4)
+    assert suspected.tolist() == [True, False]
+    assert window.tolist() == [0.5, -1.0, 2.0, -0.5, 3.0]
+    assert debt.item() == pytest.approx(-0.2)
+    # The debt lowers the next quota: window [−0.5, 3 | −2, −3], ⌊0.4 · 4 − 0.2⌋ = 1, so only the lowest, −3.
+    suspected, _, debt = running_suspected_pairs(torch.tensor([-2.0, -3.0]), window[3:], debt, 0.4)
+    assert suspected.tolist() == [False, True]
+    assert debt.item() == pytest.approx(-0.2 + 0.8 - 1)
+    # Without history or debt it is the batch's own ⌊ρ·n⌋ lowest, as `suspected_pairs`.
+    z = torch.tensor([0.5, -2.0, 3.0, -1.0, -2.0])
+    assert running_suspected_pairs(z, torch.empty(0), torch.tensor(0.0), 0.4)[0].tolist() == [
+        False, True, False, False, True
+    ]
+
+
+def test_ties_go_to_the_older_margin_and_non_finite_margins_are_never_suspected():
+    # All equal (policy = reference): the history ranks first, so this micro-batch loses nothing and owes the share.
+    suspected, _, debt = running_suspected_pairs(torch.zeros(2), torch.zeros(1), torch.tensor(0.0), 0.5)
+    assert suspected.tolist() == [False, False] and debt.item() == pytest.approx(1.0)
+    z = torch.tensor([float("nan"), -float("inf"), 1.0])
+    suspected, window, _ = running_suspected_pairs(z, torch.empty(0), torch.tensor(0.0), 0.5)
+    assert suspected.tolist() == [False, False, True]
+    assert window.tolist() == [math.inf, math.inf, 1.0] == rankable(z).tolist()
+
+
+@pytest.mark.parametrize("per_device, accumulation", [(1, 4), (1, 8), (2, 4), (4, 8)])
+@pytest.mark.parametrize("drift", [0.0, 0.01])
+def test_the_running_filter_realises_its_share_and_picks_low_margins(per_device, accumulation, drift):
+    # 4000 pairs of i.i.d. standard normal margins (plus a drift per micro-batch, as margins grow in training). The old
+    # per-micro-batch rule, ⌊0.2 · n⌋ of each, distrusted none of them for n ≤ 4.
+    ratio, n = 0.2, per_device
+    window = filter_window(per_device * accumulation, ratio)
+    generator = torch.Generator().manual_seed(0)
+    history, debt = torch.empty(0), torch.tensor(0.0)
+    distrusted = truly_low = 0
+    for t in range(4000 // n):
+        noise = torch.randn(n, generator=generator)
+        suspected, kept, debt = running_suspected_pairs(noise + drift * t, history, debt, ratio)
+        history = kept[max(len(kept) - (window - n), 0) :]
+        distrusted += int(suspected.sum())
+        truly_low += int((suspected & (noise < -0.8416)).sum())  # the standard normal's 20% quantile
+    # The count is ρ·S − debt exactly. The debt reverts to 0 by a factor (1 − n/W) per micro-batch, so its spread
+    # is about 2 pairs here; 6 pairs (3 spreads) is the stated tolerance: 800 ± 6 of 4000, a share of 0.2 ± 0.0015.
+    assert distrusted == pytest.approx(ratio * 4000 - debt.item(), abs=1e-3)
+    assert abs(distrusted - ratio * 4000) <= 6
+    # Most suspects are among the truly lowest 20% (a margin-blind choice would score 0.2).
+    assert truly_low / distrusted > 0.7
+
+
+def test_a_margin_cap_makes_the_share_a_ceiling_without_running_up_a_debt():
+    # Every margin positive and the cap at 0: nothing is distrusted, and the debt (counted before the cap) stays put.
+    history, debt = torch.empty(0), torch.tensor(0.0)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(200):
+        z = torch.rand(2, generator=generator) + 0.1
+        suspected, kept, debt = running_suspected_pairs(z, history, debt, 0.25, max_margin=0.0)
+        history = kept[-38:]
+        assert not suspected.any()
+    assert abs(debt.item()) <= 6  # the same tolerance as without the cap: it does not grow with the run
 
 
 def test_dropped_pairs_weigh_nothing_and_the_mean_is_over_the_kept_ones():
@@ -102,16 +187,18 @@ def test_the_trained_loss_filters_the_lowest_margins_of_the_batch(tiny_model_pat
 
 
 def test_filtering_waits_for_the_warm_up_and_never_touches_evaluation(tiny_model_path, preference_dataset, tmp_path):
+    # A batch of 16 at ρ 0.75: the window is the batch itself (16 ≥ 10/ρ), so each filtered step distrusts exactly
+    # ⌊0.75 · 16⌋ = 12 of its pairs.
     args = train_args(
-        tmp_path, loss_type="ropo", max_steps=4, ropo_filter_ratio=0.5, ropo_filter_warmup_steps=2,
-        eval_strategy="steps", eval_steps=4,
+        tmp_path, loss_type="ropo", max_steps=4, ropo_filter_ratio=0.75, ropo_filter_warmup_steps=2,
+        eval_strategy="steps", eval_steps=4, per_device_train_batch_size=16,
     )
     trainer = RobustDPOTrainer(
         model=tiny_model_path, args=args, train_dataset=preference_dataset, eval_dataset=preference_dataset
     )
     trainer.train()
     per_step = {e["step"]: e["ropo/filtered_frac"] for e in trainer.state.log_history if "ropo/filtered_frac" in e}
-    assert per_step == {1: 0.0, 2: 0.0, 3: 0.5, 4: 0.5}
+    assert per_step == {1: 0.0, 2: 0.0, 3: 0.75, 4: 0.75}
     # No data has a flip record here, so no precision; evaluation reports the plain loss, unfiltered.
     assert not any("filter_precision" in key for e in trainer.state.log_history for key in e)
     evaluation = [e for e in trainer.state.log_history if "eval_loss" in e][-1]
@@ -264,3 +351,42 @@ def test_the_epoch_filter_warns_when_the_run_has_a_single_epoch(tiny_model_path,
                                train_dataset=preference_dataset)
     with pytest.warns(UserWarning, match="nothing will be filtered"):
         trainer.train()
+
+
+# --- settings under which the filter cannot do what it says -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scope", ["step", "epoch"])
+@pytest.mark.parametrize(
+    "overrides, total",
+    [
+        ({"max_steps": 3, "ropo_filter_warmup_steps": 3}, 3),
+        # 16 pairs in batches of 4 for 2 epochs: 4 optimizer steps per epoch, 8 in all.
+        ({"max_steps": -1, "num_train_epochs": 2, "ropo_filter_warmup_steps": 8}, 8),
+        # ... and with 2 accumulation steps, 2 optimizer steps per epoch: 4 in all.
+        ({"max_steps": -1, "num_train_epochs": 2, "gradient_accumulation_steps": 2, "ropo_filter_warmup_steps": 5}, 4),
+    ],
+)
+def test_a_warm_up_as_long_as_the_run_is_named_at_construction(
+    tiny_model_path, preference_dataset, tmp_path, scope, overrides, total
+):
+    args = train_args(tmp_path, loss_type="ropo", ropo_filter_ratio=0.25, ropo_filter_scope=scope, **overrides)
+    warmup = overrides["ropo_filter_warmup_steps"]
+    with pytest.warns(UserWarning, match=rf"ropo_filter_warmup_steps={warmup} is at or beyond the {total} optimizer"):
+        RobustDPOTrainer(model=tiny_model_path, args=args, train_dataset=preference_dataset)
+
+
+def test_a_warm_up_shorter_than_the_run_is_not_warned_about(tiny_model_path, preference_dataset, tmp_path):
+    # 7 of 8 steps of warm-up leaves one step of 16 pairs at ρ 0.75: its window (16 ≥ 10/0.75) is that step.
+    args = train_args(tmp_path, loss_type="ropo", ropo_filter_ratio=0.75, max_steps=8, ropo_filter_warmup_steps=7,
+                      per_device_train_batch_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        RobustDPOTrainer(model=tiny_model_path, args=args, train_dataset=preference_dataset)
+
+
+def test_a_step_filter_run_shorter_than_its_window_says_so(tiny_model_path, preference_dataset, tmp_path):
+    # 2 steps of 4 pairs after the warm-up at ρ 0.2: the window is ⌈10/0.2⌉ = 50 margins, the run has 8 pairs.
+    args = train_args(tmp_path, loss_type="ropo", ropo_filter_ratio=0.2, max_steps=3, ropo_filter_warmup_steps=1)
+    with pytest.warns(UserWarning, match="among the last 50 margins.*only 8 pairs after its 1 warm-up step:"):
+        RobustDPOTrainer(model=tiny_model_path, args=args, train_dataset=preference_dataset)

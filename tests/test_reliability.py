@@ -1,6 +1,7 @@
 """Training under hostile numerics and interruption: extreme margins in three dtypes, non-finite log-probs reported
 instead of trained on, and checkpoint/resume ending where an uninterrupted run ends."""
 
+import json
 import math
 
 import pytest
@@ -122,8 +123,11 @@ class Interrupt(TrainerCallback):
     [
         ("ropo", {}),
         ("sympo_ramp", {}),
-        # ROPO's filter starts after a warm-up that straddles the checkpoint: the resumed run must count on from it.
-        ("ropo", {"ropo_filter_ratio": 0.25, "ropo_filter_warmup_steps": 4}),
+        # ROPO's step filter under gradient accumulation, 2 pairs per device: it starts at step 3 (after the warm-up)
+        # with a window filled since step 1, and the checkpoint at step 3 holds its window and debt, which the resumed
+        # run must take up to distrust the same pairs at steps 4-6.
+        ("ropo", {"ropo_filter_ratio": 0.2, "ropo_filter_warmup_steps": 2, "per_device_train_batch_size": 2,
+                  "gradient_accumulation_steps": 2}),
     ],
 )
 def test_a_run_resumed_from_a_checkpoint_ends_like_an_uninterrupted_run(
@@ -167,7 +171,14 @@ def test_a_run_resumed_from_a_checkpoint_ends_like_an_uninterrupted_run(
         for key in keys + ([f"{loss_type}/filtered_frac"] if extra else []):
             assert again[step][key] == pytest.approx(full[step][key], rel=1e-4, abs=1e-6), (step, key)
     if extra:
-        assert [full[step][f"{loss_type}/filtered_frac"] for step in range(1, 7)] == [0, 0, 0, 0, 0.25, 0.25]
+        fractions = [full[step][f"{loss_type}/filtered_frac"] for step in range(1, 7)]
+        assert fractions[:2] == [0, 0] and sum(fractions[3:]) > 0  # ⌊0.2 · 2⌋ = 0 per micro-batch would be 0
+        saved = json.loads((tmp_path / "interrupted" / "checkpoint-3" / "trainer_state.json").read_text())
+        state = saved["stateful_callbacks"]["trl_robust.RopoStepFilter"]["attributes"]["ropo"]
+        # Every margin so far (3 steps x 2 micro-batches x 2 pairs; the window would hold up to 50 − 2), the first 4
+        # at 0 (policy = reference at step 1), and the debt of the one step filtered so far.
+        assert len(state["history"]) == 12 and state["history"][:4] == [0.0] * 4
+        assert state["debt"] == pytest.approx(0.2 * 4 - full[3][f"{loss_type}/filtered_frac"] * 4, abs=1e-6)
     for (name, p_full), (_, p_resumed) in zip(
         uninterrupted.model.named_parameters(), resumed.model.named_parameters(), strict=True
     ):
@@ -218,3 +229,75 @@ def test_a_run_resumed_inside_an_epoch_keeps_that_epochs_suspects_of_the_epoch_f
         uninterrupted.model.named_parameters(), resumed.model.named_parameters(), strict=True
     ):
         torch.testing.assert_close(p_resumed, p_full, rtol=1e-5, atol=1e-6, msg=name)
+
+
+# --- non-finite log-probs under fp16 mixed precision --------------------------------------------------------------------
+# fp16 mixed precision needs a GPU; on this CPU the trainer is built in fp32 and then given what an fp16 run has:
+# `args.fp16` and accelerate's loss scaler (torch's GradScaler, which skips an optimizer step whose gradients are not
+# finite, on CPU as on GPU). The decisions and the skipping are then those of a real fp16 run; autocast is not.
+
+
+def as_if_fp16(trainer):
+    trainer.args.fp16 = True
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu")
+    return trainer
+
+
+@pytest.mark.parametrize("loss_type", ["ropo", "sympo_sigmoid"])
+def test_under_fp16_steps_with_nan_margins_are_skipped_counted_and_logged(
+    tiny_model_path, preference_dataset, tmp_path, loss_type
+):
+    policy, reference = load(tiny_model_path), load(tiny_model_path)
+    poison_(reference)  # every step's margins are NaN
+    before = {name: p.clone() for name, p in policy.named_parameters()}
+    args = train_args(tmp_path, loss_type=loss_type, max_steps=3, gradient_accumulation_steps=2)
+    trainer = as_if_fp16(
+        RobustDPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=preference_dataset)
+    )
+    trainer.train()  # no FloatingPointError: stock TRL's scaler would skip these steps and go on, and so do we
+
+    # Skipped by the scaler: not one weight moved, with 3 optimizer steps of 2 micro-batches each.
+    assert all(torch.equal(before[name], p) for name, p in trainer.model.named_parameters())
+    logged = [e[f"{loss_type}/skipped_non_finite_steps"] for e in trainer.state.log_history if "loss" in e]
+    assert logged == [1, 2, 3]  # once per optimizer step, not per micro-batch
+    assert trainer.state.global_step == 3
+
+
+def test_under_fp16_non_finite_margins_can_be_made_fatal(tiny_model_path, preference_dataset, tmp_path):
+    policy, reference = load(tiny_model_path), load(tiny_model_path)
+    poison_(reference)
+    args = train_args(tmp_path, loss_type="ropo", non_finite_margins="error")
+    trainer = as_if_fp16(
+        RobustDPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=preference_dataset)
+    )
+    with pytest.raises(FloatingPointError, match=r"reference log-probs of 4 pair\(s\).*'auto' skips such steps"):
+        trainer.train()
+
+
+def test_fp16_without_a_loss_scaler_still_stops(tiny_model_path, preference_dataset, tmp_path):
+    # Nothing would skip the step (e.g. accelerate on a CPU has no scaler): going on would train NaN into the weights.
+    policy, reference = load(tiny_model_path), load(tiny_model_path)
+    poison_(reference)
+    trainer = RobustDPOTrainer(
+        model=policy, ref_model=reference, args=train_args(tmp_path, loss_type="ropo"), train_dataset=preference_dataset
+    )
+    trainer.args.fp16 = True
+    assert trainer.accelerator.scaler is None
+    with pytest.raises(FloatingPointError, match="no loss scaler would skip this step"):
+        trainer.train()
+
+
+def test_margins_are_computed_in_float32_from_float16_scores(tiny_model_path, preference_dataset, tmp_path):
+    trainer = RobustDPOTrainer(
+        model=tiny_model_path, args=train_args(tmp_path, loss_type="ropo", beta=0.1), train_dataset=preference_dataset
+    )
+    chosen = torch.tensor([0.3, -12.7, 5.1], dtype=torch.float16)
+    rejected = torch.tensor([0.2, -12.5, -3.3], dtype=torch.float16)
+    zeros = torch.zeros(3, dtype=torch.float16)
+    loss = trainer._registered_per_sequence_loss("ropo", chosen, rejected, zeros, zeros, "eval")
+    # Independently, in float64 from the same float16 inputs: z = β·(chosen − rejected), ROPO with α = 14.
+    z = 0.1 * (chosen.double() - rejected.double())
+    c = 4 * 14 / 15**2
+    expected = c * torch.log1p(torch.exp(-z)) + c * 14 / (1 + torch.exp(z))
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-6, atol=0)  # float16 keeps ~3 digits

@@ -1,6 +1,7 @@
 """`RobustDPOTrainer` with the robust losses, through the real TRL `DPOTrainer` code paths."""
 
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -322,3 +323,78 @@ def test_plain_config_with_bad_robust_hyperparameter_is_rejected_before_loading(
     args.ropo_alpha = -1.0  # e.g. set on a plain DPOConfig by user code
     with pytest.raises(ValueError, match="ropo_alpha"):
         RobustDPOTrainer(model=str(tmp_path / "no-such-model"), args=args, train_dataset=preference_dataset)
+
+
+def test_a_reward_clip_that_clips_every_pair_is_warned_about_once(tiny_model_path, preference_dataset, tmp_path):
+    # At step 1 policy = reference, so every reward is exactly 0 and nothing is clipped; after one step at lr 0.1
+    # every |β·log-ratio| exceeds 1e-6, so from step 2 on every pair is clipped and the loss is constant.
+    args = train_args(tmp_path, loss_type="sympo_sigmoid", sympo_reward_clip=1e-6, max_steps=4)
+    trainer = RobustDPOTrainer(model=tiny_model_path, args=args, train_dataset=preference_dataset)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    clipped = [w for w in caught if "sympo_reward_clip=1e-06 clipped" in str(w.message)]
+    assert len(clipped) == 1, [str(w.message) for w in caught]
+    assert "every pair in training step 2" in str(clipped[0].message)
+    fractions = [e["sympo_sigmoid/clipped_frac"] for e in trainer.state.log_history if "loss" in e]
+    assert fractions == [0.0, 1.0, 1.0, 1.0]
+
+
+def test_a_reward_clip_that_leaves_pairs_unclipped_is_silent(tiny_model_path, preference_dataset, tmp_path):
+    trainer = RobustDPOTrainer(
+        model=tiny_model_path, args=train_args(tmp_path, loss_type="sympo_sigmoid"), train_dataset=preference_dataset
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    assert not [w for w in caught if "sympo_reward_clip" in str(w.message)]
+
+
+# --- model card and built-in names -------------------------------------------------------------------------------------
+
+
+def test_model_card_of_a_local_model_names_the_run_and_the_model_instead_of_none(
+    tiny_model_path, preference_dataset, tmp_path
+):
+    # TRL's template reads "Model Card for None" and links "[None](https://huggingface.co/None)" for a local model
+    # saved without a model name; [sympo_sigmoid, sft] trains on both losses, and the card named only the first.
+    args = train_args(tmp_path, loss_type=["sympo_sigmoid", "sft"], max_steps=1)
+    trainer = RobustDPOTrainer(model=tiny_model_path, args=args, train_dataset=preference_dataset)
+    trainer.save_model()
+    card = (Path(args.output_dir) / "README.md").read_text()
+    assert "None" not in card
+    assert "# Model Card for out\n" in card  # the output directory's name, as TRL's checkpoints name it
+    assert f"fine-tuned version of the local model `{Path(tiny_model_path).name}`" in card
+    assert "DPO with the sympo_sigmoid + sft loss (trl-robust)" in card
+    for tag in ("sympo_sigmoid", "sft"):
+        assert f"- {tag}\n" in card
+
+
+def test_a_hub_model_id_in_the_card_is_left_to_trl(tiny_model_path, preference_dataset, tmp_path):
+    trainer = RobustDPOTrainer(
+        model=tiny_model_path, args=train_args(tmp_path, loss_type="ropo"), train_dataset=preference_dataset
+    )
+    trainer.model.config._name_or_path = "someone/some-model"  # as if loaded from the Hub
+    trainer.create_model_card(model_name="run")
+    card = (Path(trainer.args.output_dir) / "README.md").read_text()
+    assert "[someone/some-model](https://huggingface.co/someone/some-model)" in card
+    assert "# Model Card for run\n" in card
+
+
+def test_the_trainer_accepts_a_builtin_model_name(preference_dataset, tmp_path, monkeypatch):
+    # `trl-robust dpo` recipes say `model_name_or_path: builtin:tiny`; in Python TRL took it for a Hub repo id.
+    monkeypatch.setenv("TRL_ROBUST_CACHE", str(tmp_path / "cache"))
+    args = train_args(tmp_path, loss_type="ropo", max_steps=1)
+    trainer = RobustDPOTrainer(model="builtin:tiny", args=args, train_dataset=preference_dataset)
+    assert Path(trainer.model.config._name_or_path).is_relative_to(tmp_path / "cache")
+    trainer.train()
+    trainer.save_model()
+    card = (Path(args.output_dir) / "README.md").read_text()
+    assert "fine-tuned version of trl-robust's built-in model `builtin:tiny`" in card and "None" not in card
+
+
+def test_an_unknown_builtin_name_is_refused_before_loading(no_model_loading, preference_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRL_ROBUST_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="unknown built-in model 'builtin:huge'; the built-in models are 'builtin:tiny'"):
+        RobustDPOTrainer(model="builtin:huge", args=train_args(tmp_path), train_dataset=preference_dataset)
+    assert not (tmp_path / "cache").exists()

@@ -1,6 +1,7 @@
 """`RobustDPOConfig`: TRL's `DPOConfig` plus the robust losses' hyperparameters, validated at construction."""
 
 import math
+import os
 import warnings
 from dataclasses import dataclass, field, fields
 
@@ -8,7 +9,7 @@ import trl
 from packaging.version import Version
 from trl import DPOConfig
 
-from .filtering import FILTER_MODES, FILTER_SCOPES
+from .filtering import FILTER_MODES, FILTER_SCOPES, MIN_WINDOW_SUSPECTS
 from .registry import (
     DRDPO_BETA_PRIME,
     ROPO_ALPHA,
@@ -18,6 +19,9 @@ from .registry import (
     registered_hyperparameters,
     unknown_loss_type_error,
 )
+
+
+NON_FINITE_POLICIES = ("auto", "error")
 
 
 @dataclass
@@ -51,7 +55,11 @@ class RobustDPOConfig(DPOConfig):
         treated as mislabeled (see `ropo_filter_scope` for which pairs compete). 0 turns filtering off. Applies to
         the registered loss types in `loss_type` (not to TRL's built-ins), in training only (not to `eval_loss`).
     ropo_filter_scope (`str`, *optional*, defaults to `"step"`):
-        `"step"`: at every training step, the ⌊ρ·n⌋ lowest-margin pairs of the global batch (all processes).
+        `"step"`: at every training micro-batch, each pair (gathered over all processes) is ranked among a running
+        window of recent margins — one optimizer step's pairs (per-device batch × processes × gradient accumulation),
+        at least 10/ρ — and distrusted if it is in the window's lowest ρ share; a carried count corrects rounding and
+        drift, so ρ of the pairs are distrusted over the run whatever the batch size and accumulation. The window and
+        the count are saved with checkpoints.
         `"epoch"`: at the start of every epoch after the warm-up (never before the first epoch has trained), one
         evaluation pass scores the whole training set with the current model, and its ⌊ρ·N⌋ lowest-margin pairs
         are the suspects for that epoch; the set is saved with checkpoints. Needs a map-style training dataset.
@@ -65,6 +73,14 @@ class RobustDPOConfig(DPOConfig):
     ropo_filter_mode (`str`, *optional*, defaults to `"drop"`):
         `"drop"`: suspected pairs get weight 0 and the others are rescaled so the loss stays a mean over the kept
         pairs. `"correct"`: suspected pairs are trained with chosen and rejected swapped (self-correction).
+
+    > What to do with NaN or infinite log-probs
+
+    non_finite_margins (`str`, *optional*, defaults to `"auto"`):
+        `"auto"`: under fp16 mixed precision (`fp16=True`, where a loss scaler skips steps whose gradients overflow)
+        a training step with a NaN/inf margin is skipped as the scaler would, counted and logged
+        (`<loss>/skipped_non_finite_steps`); otherwise (fp32, bf16) training stops with a `FloatingPointError`
+        naming the policy or the reference. `"error"`: always stop.
     """
 
     ropo_alpha: float = field(
@@ -97,17 +113,19 @@ class RobustDPOConfig(DPOConfig):
         default=0.0,
         metadata={
             "help": "ROPO's noisy-sample filtering (Liang et al., ICML 2025, arXiv 2404.04102): the fraction ρ of the "
-            "pairs with the lowest margin (largest ROPO loss) — of each global batch, or of the training set each "
-            "epoch (`ropo_filter_scope`) — is treated as mislabeled. In [0, 1); 0 = off. Applies to trl-robust's "
-            "loss types, in training only."
+            "pairs with the lowest margin (largest ROPO loss) — over the run, ranked among about one optimizer step's "
+            "pairs, or of the training set each epoch (`ropo_filter_scope`) — is treated as mislabeled. In [0, 1); "
+            "0 = off. Applies to trl-robust's loss types, in training only."
         },
     )
     ropo_filter_scope: str = field(
         default="step",
         metadata={
-            "help": "Which pairs ROPO's filter ranks: `step` (the lowest-margin ρ share of each global batch) or "
-            "`epoch` (at the start of each epoch after the warm-up, score the whole training set with the current "
-            "model and distrust its lowest-margin ρ share for that epoch).",
+            "help": "Which pairs ROPO's filter ranks: `step` (each pair among a running window of recent margins, about "
+            f"one optimizer step's pairs and at least {MIN_WINDOW_SUSPECTS}/ρ; the lowest ρ share of it, so ρ of the "
+            "pairs over the run for any batch size and gradient accumulation) or `epoch` (at the start of each epoch "
+            "after the warm-up, score the whole training set with the current model and distrust its lowest-margin ρ "
+            "share for that epoch).",
             "choices": list(FILTER_SCOPES),
         },
     )
@@ -127,6 +145,15 @@ class RobustDPOConfig(DPOConfig):
             "help": "What ROPO's filter does with a suspected pair: `drop` (weight 0, the rest rescaled) or "
             "`correct` (train it with chosen and rejected swapped).",
             "choices": list(FILTER_MODES),
+        },
+    )
+    non_finite_margins: str = field(
+        default="auto",
+        metadata={
+            "help": "NaN/inf log-probs in a training step of trl-robust's loss types: `auto` skips and counts the step "
+            "under fp16 mixed precision (as its loss scaler does; logged as `<loss>/skipped_non_finite_steps`) and "
+            "stops with an error otherwise; `error` always stops.",
+            "choices": list(NON_FINITE_POLICIES),
         },
     )
 
@@ -226,15 +253,51 @@ def validate_robust_args(args) -> None:
             "trl>=1.14."
         )
 
+    policy = robust_hyperparameter(args, "non_finite_margins")
+    if policy not in NON_FINITE_POLICIES:
+        raise ValueError(f"`non_finite_margins` must be one of {list(NON_FINITE_POLICIES)}, got {policy!r}.")
+
     if "sigmoid" in loss_types and args.label_smoothing > 0:
-        warnings.warn(
-            f"`label_smoothing={args.label_smoothing}` has no effect with loss_type 'sigmoid': TRL ignores it since "
-            "v0.29 (conservative DPO was removed). Use loss_type 'cdpo' for conservative DPO with this label_smoothing; "
-            "for noisy labels also 'robust' (rDPO, with label_smoothing = the flip rate) or a noise-robust loss such "
-            "as 'ropo' or 'sympo_sigmoid'.",
-            UserWarning,
-            stacklevel=3,
+        head = f"`label_smoothing={args.label_smoothing}` has no effect with loss_type 'sigmoid'"
+        _warn_once(
+            args,
+            head,
+            f"{head}: TRL ignores it since v0.29 (conservative DPO was removed). Use loss_type 'cdpo' for conservative "
+            "DPO with this label_smoothing; for noisy labels also 'robust' (rDPO, with label_smoothing = the flip rate) "
+            "or a noise-robust loss such as 'ropo' or 'sympo_sigmoid'.",
         )
+
+
+# Attribute of a config object naming the warnings already shown for it (not a dataclass field: never serialised).
+_SHOWN_WARNINGS = "_trl_robust_shown_warnings"
+
+
+def _warn_once(args, head: str, message: str) -> None:
+    """Warn about a setting once: not again for the same config object, nor in the processes this one starts.
+
+    `validate_robust_args` runs at config construction and again in the trainer (a plain `trl.DPOConfig` has only
+    the second), and `trl-robust dpo` builds the config in its own process and again in each training process it
+    launches: without this the same hint is printed three times or more. The object remembers what it showed; the
+    child interpreters inherit an `ignore` filter for the message through `PYTHONWARNINGS` (Python's own mechanism for
+    passing warning filters to subprocesses). `head` is the message's start, without ':' or ',' (the separators of
+    that variable), which the filter matches.
+    """
+    shown = getattr(args, _SHOWN_WARNINGS, None)
+    if shown is None:
+        shown = set()
+        try:
+            object.__setattr__(args, _SHOWN_WARNINGS, shown)
+        except (AttributeError, TypeError):  # an object that takes no attributes: warn every time rather than fail
+            pass
+    if head in shown:
+        return
+    shown.add(head)
+    warnings.warn(message, UserWarning, stacklevel=4)
+    if ":" not in head and "," not in head:
+        rule = f"ignore:{head}:UserWarning"
+        rules = [r for r in os.environ.get("PYTHONWARNINGS", "").split(",") if r]
+        if rule not in rules:
+            os.environ["PYTHONWARNINGS"] = ",".join([*rules, rule])
 
 
 def _validate_filtering(args, registered) -> None:

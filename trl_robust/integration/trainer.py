@@ -2,9 +2,11 @@
 
 import functools
 import inspect
+import logging
 import math
 import warnings
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,9 +17,11 @@ from trl import DPOTrainer
 from .. import compat
 from ..config import RobustDPOConfig, robust_hyperparameter, validate_robust_args
 from ..data import FLIP_COLUMN, ROW_COLUMN, check_trainer_datasets
-from ..filtering import filtered_loss, n_suspected, suspected_pairs
+from ..filtering import filter_window, filtered_loss, rankable, running_suspected_pairs, suspected_pairs
 from ..registry import LossSpec, get_loss_spec, registered_loss_types, unknown_loss_type_error
-from . import dispatch
+from . import builtin, dispatch
+
+logger = logging.getLogger(__name__)
 
 
 class RobustDPOTrainer(DPOTrainer):
@@ -35,15 +39,25 @@ class RobustDPOTrainer(DPOTrainer):
     `<name>/filtered_frac` and, when the training data has a `label_flipped` column, `<name>/filter_precision`.
     See the README's metrics glossary.
 
-    With `ropo_filter_scope="epoch"` a row-index column is added to the training dataset, and at the start of each
-    epoch after the warm-up `_EpochFilterCallback` scores the training set through TRL's evaluation loop; the
-    suspects of the epoch are saved in `trainer_state.json` with every checkpoint.
+    With `ropo_filter_scope="step"` each loss type keeps a running window of recent margins and a carried count
+    (`_RunningFilter`), saved in `trainer_state.json` by `_StepFilterCallback`. With `ropo_filter_scope="epoch"` a
+    row-index column is added to the training dataset, and at the start of each epoch after the warm-up
+    `_EpochFilterCallback` scores the training set through TRL's evaluation loop; the suspects of the epoch are saved
+    in `trainer_state.json` with every checkpoint.
+
+    `model` and `ref_model` may also be a `builtin:` name (`builtin:tiny`), as in the `trl-robust` recipes.
     """
 
     _tag_names = [*getattr(DPOTrainer, "_tag_names", ()), "trl-robust"]  # (the probe reports a TRL without it)
 
     def __init__(self, model, ref_model=None, args=None, *pargs, **kwargs):
         integrate_with_trl()  # the probe of the installed TRL, once, before anything is loaded
+        # `builtin:tiny` is not a Hub id: TRL would fail with a repo-id error. Build it locally, as the command does.
+        self._builtin_model_name = model if builtin.is_builtin(model) else None
+        if builtin.is_builtin(model):
+            model = builtin.model_path(model)
+        if builtin.is_builtin(ref_model):
+            ref_model = builtin.model_path(ref_model)
         if args is None:
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
             args = RobustDPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-DPO")
@@ -80,13 +94,20 @@ class RobustDPOTrainer(DPOTrainer):
         if filters_per_epoch:
             self._pass_through_column(ROW_COLUMN, torch.long)
             self.add_callback(_EpochFilterCallback(self))
+        self._step_filters = {}  # loss type -> _RunningFilter (step scope only)
+        if robust_hyperparameter(self.args, "ropo_filter_ratio") > 0 and not filters_per_epoch:
+            self.add_callback(_StepFilterCallback(self))
+        self._skipped_steps = set()  # optimizer steps skipped for non-finite margins (fp16 only)
+        self._warned_all_clipped = False
+        self._warn_where_the_filter_cannot_reach_its_ratio()
 
     def _set_model_card_data(self, loss_types: list[str]) -> None:
         self._tag_names = [*type(self)._tag_names, *loss_types]
         if not self._robust_specs:
             return  # built-in losses only: TRL's DPO name and citation are right
         papers = list({s.paper.arxiv_id: s.paper for s in self._robust_specs.values() if s.paper}.values())
-        self._name = f"DPO with the {' + '.join(self._robust_specs)} loss (trl-robust)"
+        # Every loss in the list, TRL's built-ins too: `[sympo_sigmoid, sft]` trains on both.
+        self._name = f"DPO with the {' + '.join(dict.fromkeys(loss_types))} loss (trl-robust)"
         citations = [DPOTrainer._paper["citation"], *(p.citation for p in papers)]
         self._paper = {
             "title": papers[0].title if papers else DPOTrainer._paper["title"],
@@ -103,6 +124,36 @@ class RobustDPOTrainer(DPOTrainer):
         super().save_model(output_dir, _internal_call)
         if not _internal_call and output_dir in (None, self.args.output_dir):
             self.create_model_card()
+
+    def create_model_card(self, model_name=None, *args, **kwargs):
+        """TRL's model card, named and linked sensibly where TRL's template would say "None".
+
+        TRL titles the card "Model Card for {model_name}", names the base model with a Hub link and loads
+        `hub_model_id` in its quick start; with no `model_name` (our final save), a local base model (a directory, or
+        `builtin:tiny`) and no Hub repo, all three read "None". The name defaults to what TRL's own checkpoints use
+        (the Hub repo or the output directory), the link to a local base model becomes its description, and the quick
+        start loads the output directory.
+        """
+        if model_name is None:
+            model_name = (self.args.hub_model_id or Path(self.args.output_dir).name).split("/")[-1]
+        super().create_model_card(model_name, *args, **kwargs)
+        card = Path(self.args.output_dir) / "README.md"
+        if not self.is_world_process_zero() or not card.is_file():
+            return
+        text = card.read_text()
+        # TRL's quick start loads `hub_model_id`, None unless pushing to the Hub: point it at the saved directory.
+        text = text.replace('model="None"', f"model={str(self.args.output_dir)!r}".replace("'", '"'))
+        broken = "[None](https://huggingface.co/None)"  # TRL's template with `base_model=None`
+        if broken in text:
+            name_or_path = getattr(self.model.config, "_name_or_path", "") or ""
+            if self._builtin_model_name:
+                local = f"trl-robust's built-in model `{self._builtin_model_name}`"
+            elif name_or_path:
+                local = f"the local model `{Path(name_or_path).name}`"
+            else:
+                local = "a model passed as an object"
+            text = text.replace(broken, local)
+        card.write_text(text)
 
     # `_compute_loss` is TRL's own method, derived from the installed TRL with one extra branch that calls the method
     # below; `integrate_with_trl` installs it at the first construction.
@@ -123,6 +174,9 @@ class RobustDPOTrainer(DPOTrainer):
         hyperparameters = {kw: robust_hyperparameter(self.args, h.attribute) for kw, h in spec.hyperparameters.items()}
         loss_fn = functools.partial(spec.fn, **hyperparameters)
         clip = robust_hyperparameter(self.args, "sympo_reward_clip") if spec.uses_reward_clip else None
+        # z in float32 whatever dtype TRL's scores arrive in: in float16 a reward beyond 65504 is inf, and a difference
+        # of log-prob sums in the thousands keeps no fractional digits. (A no-op for float32 scores.)
+        chosen_scores, rejected_scores = chosen_scores.float(), rejected_scores.float()
         if clip is None:
             z = self.beta * (chosen_scores - rejected_scores)  # the same expression as TRL's `sigmoid` margin
             clipped = None
@@ -144,32 +198,103 @@ class RobustDPOTrainer(DPOTrainer):
         if self._epoch_suspects is not None and mode == "train":
             columns["epoch_suspect"] = self._epoch_suspects[self._batch_columns[ROW_COLUMN].to(z.device)]
         pairs = self._gather_pairs(**columns)
-        suspected = self._suspected_pairs(pairs, mode)
-        self._log_margin_metrics(spec, loss_fn, pairs, clipped is not None, suspected, mode)
+        suspected, running = self._suspected_pairs(spec.name, pairs, mode)
+        finite = self._log_margin_metrics(spec, loss_fn, pairs, clipped is not None, suspected, mode, running)
         if suspected is None:
-            return loss_fn(z)
-        start = self.accelerator.process_index * len(z)  # `gather` concatenates the processes in rank order
-        mode_name = robust_hyperparameter(self.args, "ropo_filter_mode")
-        local = suspected[start : start + len(z)]
-        return filtered_loss(loss_fn, z, local, mode_name, n_global=len(suspected), k_global=suspected.sum())
+            per_pair = loss_fn(z)
+        else:
+            start = self.accelerator.process_index * len(z)  # `gather` concatenates the processes in rank order
+            mode_name = robust_hyperparameter(self.args, "ropo_filter_mode")
+            local = suspected[start : start + len(z)]
+            per_pair = filtered_loss(loss_fn, z, local, mode_name, n_global=len(suspected), k_global=suspected.sum())
+        if not finite:
+            # fp16: make every gradient of this step NaN, so that the loss scaler skips the optimizer step (as it does
+            # for stock TRL), whatever the loss does with the bad pairs (SymPO's clip maps an inf reward to ±c).
+            return per_pair * math.nan
+        return per_pair
 
     def _gather_pairs(self, **columns) -> dict:
         """Every process's per-pair values, in one gather (flags as float: not every backend gathers bool)."""
         stacked = torch.stack([column.float() for column in columns.values()], dim=-1)
         return dict(zip(columns, self.accelerator.gather(stacked).unbind(-1)))
 
-    def _suspected_pairs(self, pairs, mode):
-        """ROPO's filter: the mask of distrusted pairs of the global batch, or None where it does not apply."""
+    def _suspected_pairs(self, loss_type, pairs, mode):
+        """ROPO's filter: the mask of distrusted pairs of the global batch (None where it does not apply), and for the
+        step scope the running filter with the device values its host copy needs after this step's one transfer."""
         ratio = robust_hyperparameter(self.args, "ropo_filter_ratio")
         if ratio == 0 or mode != "train":
-            return None
+            return None, None
         if robust_hyperparameter(self.args, "ropo_filter_scope") == "epoch":  # chosen at the start of the epoch
-            return pairs["epoch_suspect"].bool() if "epoch_suspect" in pairs else None
+            return (pairs["epoch_suspect"].bool() if "epoch_suspect" in pairs else None), None
+        # The step scope: each pair ranked among the recent margins of this loss type (`running_suspected_pairs`).
+        # The window fills during the warm-up too, so that the first filtered pairs meet a full window.
+        running = self._step_filters.get(loss_type)
+        if running is None:
+            running = self._step_filters[loss_type] = _RunningFilter(self.accelerator.device)
+        z = pairs["z"]
         if self.state.global_step < robust_hyperparameter(self.args, "ropo_filter_warmup_steps"):
+            suspected, window, debt = None, torch.cat([running.history, rankable(z)]), running.debt
+        else:
+            max_margin = robust_hyperparameter(self.args, "ropo_filter_max_margin")
+            suspected, window, debt = running_suspected_pairs(z, running.history, running.debt, ratio, max_margin)
+        keep = max(self._filter_window() - len(z), 0)
+        running.history, running.debt = window[max(len(window) - keep, 0) :], debt
+        running.pending = (rankable(z), debt, keep)
+        return suspected, running
+
+    def _filter_window(self) -> int:
+        """How many recent margins the step filter ranks a pair among: one optimizer step's pairs, at least 10/ρ."""
+        pairs_per_step = (
+            self.args.per_device_train_batch_size * self.accelerator.num_processes * self.args.gradient_accumulation_steps
+        )
+        return filter_window(pairs_per_step, robust_hyperparameter(self.args, "ropo_filter_ratio"))
+
+    def _planned_optimizer_steps(self) -> int | None:
+        """The run's optimizer steps as `Trainer.train` will count them, or None where the data has no length."""
+        args = self.args
+        if args.max_steps > 0:
+            return args.max_steps
+        try:
+            n_rows = len(self.train_dataset)
+        except TypeError:
             return None
-        if n_suspected(ratio, len(pairs["z"])) == 0:
-            return None
-        return suspected_pairs(pairs["z"], ratio, robust_hyperparameter(self.args, "ropo_filter_max_margin"))
+        per_step = args.per_device_train_batch_size * args.world_size
+        batches = n_rows // per_step if args.dataloader_drop_last else math.ceil(n_rows / per_step)
+        return math.ceil(args.num_train_epochs * max(math.ceil(batches / args.gradient_accumulation_steps), 1))
+
+    def _warn_where_the_filter_cannot_reach_its_ratio(self) -> None:
+        """Say at construction when ROPO's filter will distrust nothing, or cannot reach its share ρ, in this run."""
+        ratio = robust_hyperparameter(self.args, "ropo_filter_ratio")
+        if ratio == 0 or self.train_dataset is None:
+            return
+        total = self._planned_optimizer_steps()
+        if total is None:
+            return
+        warmup = robust_hyperparameter(self.args, "ropo_filter_warmup_steps")
+        if warmup >= total:
+            warnings.warn(
+                f"ropo_filter_warmup_steps={warmup} is at or beyond the {total} optimizer steps of this run: ROPO's "
+                "filter will distrust nothing. Lower the warm-up (it trains on every pair first; 10-20% of the steps "
+                "is a common choice) or train for longer.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return
+        if robust_hyperparameter(self.args, "ropo_filter_scope") != "step":
+            return
+        window = self._filter_window()
+        filtered = (total - warmup) * (
+            self.args.per_device_train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
+        )
+        if filtered < window:
+            warnings.warn(
+                f"ROPO's step filter ranks each pair among the last {window} margins and reaches its share "
+                f"ρ={ratio} over about that many pairs, but this run trains on only {filtered} pairs after its "
+                f"{warmup} warm-up step{'' if warmup == 1 else 's'}: it will distrust about {math.floor(ratio * filtered)}, "
+                "and the share it realises can differ from ρ. Train for longer or shorten the warm-up.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     # --- ROPO's per-epoch filter -----------------------------------------------------------------------------------
 
@@ -228,12 +353,16 @@ class RobustDPOTrainer(DPOTrainer):
         mask[torch.tensor(rows, dtype=torch.long)] = True
         self._epoch_suspects = mask.to(self.accelerator.device)
 
-    def _log_margin_metrics(self, spec: LossSpec, loss_fn, pairs, clips: bool, suspected, mode) -> None:
-        """Log how the loss weighs the margins of the global batch (see README glossary).
+    def _log_margin_metrics(self, spec: LossSpec, loss_fn, pairs, clips: bool, suspected, mode, running) -> bool:
+        """Log how the loss weighs the margins of the global batch (see README glossary); False if they are not finite.
 
         Also the one place that sees every pair of the global batch on the host, so it refuses to go on if any pair's
         reference or policy log-probs are not finite: a NaN margin would otherwise be trained on silently (and with
-        SymPO's clip an inf one would look like an ordinary clipped pair). Every process raises together.
+        SymPO's clip an inf one would look like an ordinary clipped pair). Every process decides alike. Under fp16
+        mixed precision with a loss scaler (`non_finite_margins="auto"`) the step is skipped and counted instead, and
+        False is returned so that the caller makes the scaler skip it.
+
+        The step filter's host copy of its window and count rides on the same transfer (`running`).
         """
         z_all = pairs["z"]
         # Gradient weight w(z) = −∂ℓ/∂z, by autograd so it holds for any registered loss; also under eval's no_grad.
@@ -256,14 +385,82 @@ class RobustDPOTrainer(DPOTrainer):
                 # Of the distrusted pairs, the share whose label was truly flipped (`flip_preferences`'s record).
                 values["filter_precision"] = (filtered & pairs["flipped"].bool()).float().sum() / filtered.sum()
         counts = torch.stack([pairs["bad_reference"].sum(), pairs["bad_margin"].sum()])
+        pieces = [torch.stack(list(values.values())).float(), counts.float()]
+        if running is not None:
+            window_z, debt, _ = running.pending
+            pieces += [window_z.float(), debt.reshape(1).float()]
         # One device-to-host transfer for all of them, not one `.item()` sync each.
-        *metrics, n_bad_reference, n_bad_margin = torch.cat([torch.stack(list(values.values())), counts]).tolist()
+        host = torch.cat(pieces).tolist()
+        metrics, (n_bad_reference, n_bad_margin) = host[: len(values)], host[len(values) : len(values) + 2]
+        if running is not None:
+            running.commit(host[len(values) + 2 : -1], host[-1])
         if n_bad_reference or n_bad_margin:  # (the metrics above are then NaN and not logged)
-            raise FloatingPointError(_non_finite_message(spec.name, mode, len(z_all), n_bad_reference, n_bad_margin))
+            message = _non_finite_message(spec.name, mode, len(z_all), n_bad_reference, n_bad_margin)
+            if self._skips_non_finite_steps():
+                self._record_skipped_step(message, mode)
+                return False
+            message += " trl-robust stops rather than train on them."
+            if self.args.fp16 and robust_hyperparameter(self.args, "non_finite_margins") == "auto":
+                message += " (fp16 is on, but no loss scaler would skip this step here, e.g. on a CPU.)"
+            elif self.args.fp16:
+                message += " (non_finite_margins='error'; 'auto' skips such steps under fp16.)"
+            raise FloatingPointError(message)
         for name, value in zip(values, metrics):
             if name == "filter_precision" and math.isnan(value):
                 continue  # a batch without suspects (epoch scope) has no precision; average over those with some
             self._metrics[mode][f"{spec.name}/{name}"].append(value)
+        if clips and mode == "train" and metrics[list(values).index("clipped_frac")] == 1.0:
+            self._warn_all_clipped()
+        return True
+
+    def _skips_non_finite_steps(self) -> bool:
+        """Whether a step with non-finite margins is skipped rather than fatal: fp16 mixed precision, whose loss scaler
+        (torch's `GradScaler`, FSDP's, DeepSpeed's) skips optimizer steps with non-finite gradients, unless the config
+        says `non_finite_margins="error"`."""
+        if not self.args.fp16 or robust_hyperparameter(self.args, "non_finite_margins") != "auto":
+            return False
+        return self.accelerator.scaler is not None or getattr(self, "is_deepspeed_enabled", False)
+
+    def _record_skipped_step(self, message: str, mode: str) -> None:
+        """Count a training step skipped for non-finite margins (once per optimizer step, whatever the micro-batches
+        and loss types) and say so; an evaluation batch is only reported (its loss is NaN, as with stock TRL)."""
+        if mode == "train":
+            step = self.state.global_step + 1  # the optimizer step this micro-batch belongs to, as logged
+            if step in self._skipped_steps:
+                return
+            self._skipped_steps.add(step)
+            what = (
+                f"Skipping optimizer step {step} under fp16 ({len(self._skipped_steps)} skipped so far, logged as "
+                f"`<loss>/skipped_non_finite_steps`)"
+            )
+        else:
+            what = "Evaluation under fp16 goes on with a NaN loss for this batch"
+        if self.accelerator.is_main_process:
+            logger.warning(
+                f"{message} {what}: the loss scaler skips steps whose gradients are not finite, as for stock TRL. "
+                "Set non_finite_margins='error' to stop instead."
+            )
+
+    def _warn_all_clipped(self) -> None:
+        if self._warned_all_clipped:
+            return
+        self._warned_all_clipped = True
+        clip = robust_hyperparameter(self.args, "sympo_reward_clip")
+        warnings.warn(
+            f"sympo_reward_clip={clip} clipped a side's reward β·score of every pair in training step "
+            f"{self.state.global_step + 1}: a clipped side has zero gradient, so where both sides of every pair stay "
+            "clipped the loss is constant and nothing is learned. Raise sympo_reward_clip (the SymPO authors use 10), "
+            "lower beta, or set sympo_reward_clip=None (not for sympo_unhinged). `<loss>/clipped_frac` shows the share.",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    def log(self, logs, *args, **kwargs):
+        """TRL's `log`, plus the count of training steps skipped for non-finite margins where fp16 skips them."""
+        if "loss" in logs and self._robust_specs and self._skips_non_finite_steps():  # a training log
+            for name in self._robust_specs:
+                logs[f"{name}/skipped_non_finite_steps"] = len(self._skipped_steps)
+        return super().log(logs, *args, **kwargs)
 
     # --- dataset columns that reach the loss without being model inputs --------------------------------------------
 
@@ -310,6 +507,56 @@ def integrate_with_trl() -> None:
     compat.check_integration({name: get_loss_spec(name).fn for name in registered_loss_types()})
     if "_compute_loss" not in RobustDPOTrainer.__dict__:
         RobustDPOTrainer._compute_loss = dispatch.derive_compute_loss()
+
+
+class _RunningFilter:
+    """The state of ROPO's step filter for one loss type: the window of recent margins and the carried count (debt) of
+    `trl_robust.filtering.running_suspected_pairs`.
+
+    Kept on the device, where the decisions are made without a host sync, and mirrored on the host from the values
+    that ride on each step's one metrics transfer, so that `_StepFilterCallback` can put it into every checkpoint
+    without touching the device.
+    """
+
+    def __init__(self, device, history=(), debt=0.0):
+        self.history = torch.tensor(list(history), dtype=torch.float32, device=device)
+        self.debt = torch.tensor(float(debt), dtype=torch.float32, device=device)
+        self.host_history, self.host_debt = [float(v) for v in history], float(debt)
+        self.pending = None  # (this micro-batch's margins as kept, new debt, how many to keep) until the transfer
+
+    def commit(self, margins: list[float], debt: float) -> None:
+        """Mirror the device state on the host once this step's values have arrived."""
+        keep, combined = self.pending[2], self.host_history + margins
+        self.host_history = combined[max(len(combined) - keep, 0) :]
+        self.host_debt = debt
+        self.pending = None
+
+    def export(self) -> dict:
+        return {"history": list(self.host_history), "debt": self.host_debt}
+
+
+class _StepFilterCallback(TrainerCallback):
+    """ROPO's step filter across checkpoints: its window and count go into `state.stateful_callbacks[STATE_KEY]` after
+    every optimizer step (from the host copy: no device sync), which transformers writes into each checkpoint's
+    `trainer_state.json`; a run resumed from it ranks its next pairs against the same window with the same count, so
+    it distrusts the pairs the uninterrupted run would have."""
+
+    STATE_KEY = "trl_robust.RopoStepFilter"
+
+    def __init__(self, trainer: RobustDPOTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = (state.stateful_callbacks or {}).get(self.STATE_KEY)  # present when resuming from our checkpoint
+        device = self.trainer.accelerator.device
+        self.trainer._step_filters = {
+            loss_type: _RunningFilter(device, values["history"], values["debt"])
+            for loss_type, values in (saved["attributes"] if saved else {}).items()
+        }
+
+    def on_step_end(self, args, state, control, **kwargs):
+        attributes = {loss_type: running.export() for loss_type, running in self.trainer._step_filters.items()}
+        state.stateful_callbacks[self.STATE_KEY] = {"args": {}, "attributes": attributes}
 
 
 class _EpochFilterCallback(TrainerCallback):
@@ -413,7 +660,4 @@ def _non_finite_message(loss_type: str, mode: str, n_pairs: int, n_bad_reference
             f"the policy's log-probs of {int(n_bad_margin)} pair(s) are NaN or infinite (diverged training: lower "
             "the learning rate, or use bfloat16/float32 instead of float16)"
         )
-    return (
-        f"Non-finite DPO margins in a {mode} batch of {n_pairs} pairs ({loss_type} loss): {'; and '.join(problems)}. "
-        "trl-robust stops rather than train on them."
-    )
+    return f"Non-finite DPO margins in a {mode} batch of {n_pairs} pairs ({loss_type} loss): {'; and '.join(problems)}."
