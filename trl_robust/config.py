@@ -283,16 +283,13 @@ def _warn_once(args, head: str, message: str) -> None:
     that variable), which the filter matches.
     """
     shown = getattr(args, _SHOWN_WARNINGS, None)
-    if shown is None:
-        shown = set()
-        try:
-            object.__setattr__(args, _SHOWN_WARNINGS, shown)
-        except (AttributeError, TypeError):  # an object that takes no attributes: warn every time rather than fail
-            pass
-    if head in shown:
+    if shown is not None and head in shown:
         return
-    shown.add(head)
     warnings.warn(message, UserWarning, stacklevel=4)
+    try:
+        object.__setattr__(args, _SHOWN_WARNINGS, (shown or set()) | {head})
+    except (AttributeError, TypeError):  # an object that takes no attributes: it warns every time rather than fail
+        pass
     if ":" not in head and "," not in head:
         rule = f"ignore:{head}:UserWarning"
         rules = [r for r in os.environ.get("PYTHONWARNINGS", "").split(",") if r]
