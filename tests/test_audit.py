@@ -446,6 +446,14 @@ def test_a_beta_other_than_the_one_the_policy_was_trained_with_warns_before_load
             audit_preferences(str(policy), noisy_dataset, ref_model=tiny_model_path, beta=0.5)
 
 
+def test_builtin_names_work_in_python_as_in_the_command(noisy_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRL_ROBUST_CACHE", str(tmp_path / "cache"))
+    result = audit_preferences("builtin:tiny", noisy_dataset, ref_model="builtin:tiny", show_progress=False)
+    assert len(result.pairs) == len(noisy_dataset) and {p["z"] for p in result.pairs} == {0.0}  # policy = reference
+    with pytest.raises(AuditInputError, match="unknown built-in model 'builtin:huge'"):
+        audit_preferences("builtin:huge", noisy_dataset, ref_model="builtin:tiny")
+
+
 # --- bad input -------------------------------------------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "trl_robust"
 
 # Lowest first. A module may import its own layer (without a cycle) and the layers below, never one above.
 LAYERS = {
-    "core": ["compat", "config", "data", "filtering", "losses", "paths", "registry", "tiny", "noise"],
+    "core": ["builtin", "compat", "config", "data", "filtering", "losses", "paths", "registry", "tiny", "noise"],
     "integration": ["integration"],
     "public API": ["__init__"],  # `trl_robust` itself: re-exports only
     "audit": ["audit"],

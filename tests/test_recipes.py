@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from trl_robust.cli.arguments import parse_dpo_args
-from trl_robust.cli.builtin import is_builtin
+from trl_robust.builtin import is_builtin
 from trl_robust.config import RobustDPOConfig
 from trl_robust.registry import get_loss_spec, registered_loss_types
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import builtin
 from ..data import ROW_COLUMN
 from ..paths import listing_if_not_empty, looks_like_local_path
 
@@ -68,6 +69,11 @@ def resolve_model(value, role: str) -> ModelSource:
     """Check that a model path exists and say whether it is a PEFT adapter; load nothing."""
     if value is None:
         raise AuditInputError(f"{role} is required")
+    if builtin.is_builtin(value):  # `builtin:tiny`, as in the commands: built locally, never looked up on the Hub
+        try:
+            value = builtin.model_path(value)
+        except ValueError as error:
+            raise AuditInputError(f"{role}: {error}") from None
     if not isinstance(value, (str, os.PathLike)):
         from accelerate.utils import is_peft_model
 

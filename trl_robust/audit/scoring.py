@@ -174,7 +174,7 @@ def audit_preferences(
     """Score every preference pair by how strongly a trained policy disagrees with its label; rank the suspects.
 
     Args:
-        model: the trained policy: a model directory, a PEFT adapter directory, a Hub id, or a loaded model
+        model: the trained policy: a model directory, a PEFT adapter directory, a Hub id, `builtin:tiny`, or a loaded model
             (`PreTrainedModel` or `PeftModel`; used in place: moved to the device and put in eval mode).
         dataset: a preference `datasets.Dataset` (prompt/chosen/rejected, standard or conversational, or implicit
             prompt), checked with `trl_robust.data.check_preference_dataset` before any model is loaded.

@@ -58,7 +58,7 @@ def dpo_command(argv: list[str], prog: str = "trl-robust dpo") -> int:
     from accelerate.commands.launch import launch_command, launch_command_parser
 
     from .arguments import UsageError, check_launch, parse_dpo_args
-    from .builtin import materialise_builtins
+    from ..builtin import materialise_builtins
 
     try:
         args = parse_dpo_args(argv, prog=prog)

@@ -35,7 +35,7 @@ from ..config import RobustDPOConfig
 from ..data import FLIP_MODES
 from ..paths import listing_if_not_empty, looks_like_local_path
 from ..registry import available_loss_types, registered_loss_types
-from . import builtin
+from .. import builtin
 
 
 @dataclass

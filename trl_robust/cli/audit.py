@@ -115,7 +115,7 @@ def run_audit_command(args: AuditArguments, noise=None) -> AuditResult:
     """
     from types import SimpleNamespace
 
-    from .builtin import materialise_builtins
+    from ..builtin import materialise_builtins
 
     # Cheap checks first, before the dataset is downloaded or read.
     check_settings(args.beta, args.per_device_eval_batch_size, args.max_length)

@@ -19,7 +19,8 @@ from ..config import RobustDPOConfig, robust_hyperparameter, validate_robust_arg
 from ..data import FLIP_COLUMN, ROW_COLUMN, check_trainer_datasets
 from ..filtering import filter_window, filtered_loss, rankable, running_suspected_pairs, suspected_pairs
 from ..registry import LossSpec, get_loss_spec, registered_loss_types, unknown_loss_type_error
-from . import builtin, dispatch
+from .. import builtin
+from . import dispatch
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import trl
 from trl_robust import RobustDPOTrainer, patch_trl
 from trl_robust.cli.distributed import end_distributed
 from trl_robust.cli.arguments import LabelNoiseArguments, UsageError, parse_dpo_args
-from trl_robust.cli.builtin import materialise_builtins
+from trl_robust.builtin import materialise_builtins
 from trl_robust.data import flip_preferences
 
 

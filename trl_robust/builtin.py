@@ -9,8 +9,8 @@ The `builtin:` prefix cannot be a Hub id or a relative path a user meant, so it 
 once to a local cache directory ($TRL_ROBUST_CACHE, by default ~/.cache/trl-robust/<version>) and replaced by that path;
 TRL then loads it like any local model or JSONL dataset.
 
-Here, below the commands, so that `RobustDPOTrainer(model="builtin:tiny")` resolves the name as `trl-robust dpo`
-does; `trl_robust.cli.builtin` holds the same logic for the commands (the layers allow it to import this module).
+One home for the commands (`trl-robust dpo`, `trl-robust audit`), the trainer (`RobustDPOTrainer(model="builtin:tiny")`)
+and `audit_preferences`.
 """
 
 import importlib.metadata
@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..tiny import make_tiny_model, tiny_preference_records
+from .tiny import make_tiny_model, tiny_preference_records
 
 PREFIX = "builtin:"
 MODELS = ("builtin:tiny",)
