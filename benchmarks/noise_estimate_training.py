@@ -120,9 +120,11 @@ def run_one(loss: str, noise: str, flip_rate: float, seed: int, epochs: int, roo
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
 
-    from trl_robust import RobustDPOConfig, RobustDPOTrainer
+    from trl_robust import RobustDPOTrainer
     from trl_robust.data import FLIP_COLUMN, ROW_COLUMN, flip_preferences
-    from trl_robust.experiments.noise_benchmark import Job, Setting, build_task, noisy_train_split, task_dir
+    from trl_robust.experiments.noise_benchmark import (
+        Job, Setting, build_task, noisy_train_split, task_dir, training_config,
+    )
 
     torch.set_num_threads(1)
     register_dpo_recorded()
@@ -197,26 +199,7 @@ def run_one(loss: str, noise: str, flip_rate: float, seed: int, epochs: int, roo
                                                  for m in ESTIMATOR_NAMES) + f" auc {record[s]['auroc']}"
                               for s in SIGNALS), flush=True)
 
-    args = RobustDPOConfig(
-        output_dir=str(root / "runs" / f"{loss}-{noise}-{flip_rate}-{seed}"),
-        loss_type=LOSSES[loss],
-        beta=setting.beta,
-        learning_rate=setting.learning_rate,
-        lr_scheduler_type="constant",
-        num_train_epochs=setting.epochs,
-        per_device_train_batch_size=setting.batch_size,
-        per_device_eval_batch_size=150,
-        eval_strategy="epoch",
-        logging_strategy="epoch",
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        disable_tqdm=True,
-        seed=seed,
-        data_seed=seed,
-    )
+    args = training_config(setting, root / "runs" / f"{loss}-{noise}-{flip_rate}-{seed}", LOSSES[loss], seed)
     trainer = RecordingTrainer(
         model=str(task_dir(root, seed) / "reference"),
         args=args,

@@ -2,8 +2,6 @@
 
 import inspect
 import linecache
-import subprocess
-import sys
 import traceback
 
 import pytest

@@ -6,13 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 import trl
-from datasets import Dataset
 from torch.testing import assert_close
 from transformers import AutoModelForCausalLM
 
-from trl_robust import RobustDPOConfig, RobustDPOTrainer
+from trl_robust import RobustDPOTrainer
 
 from .conftest import first_batch, independent_logps, perturb_, train_args
 

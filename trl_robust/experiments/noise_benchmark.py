@@ -124,13 +124,40 @@ def noisy_train_split(root, job: Job):
     return flip_preferences(Dataset.from_list(data["train"]), job.flip_rate, seed=job.seed, mode=job.noise)
 
 
+def training_config(setting: Setting, output_dir, loss_type, seed: int, **overrides):
+    """The benchmark's training arguments: the same optimiser, schedule, batches and evaluation for every method."""
+    from .. import RobustDPOConfig
+
+    return RobustDPOConfig(
+        output_dir=str(output_dir),
+        loss_type=loss_type,
+        beta=setting.beta,
+        learning_rate=setting.learning_rate,
+        lr_scheduler_type="constant",
+        num_train_epochs=setting.epochs,
+        per_device_train_batch_size=setting.batch_size,
+        per_device_eval_batch_size=150,
+        eval_strategy="epoch",
+        logging_strategy="epoch",
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+        seed=seed,
+        data_seed=seed,
+        **overrides,
+    )
+
+
 def run_job(job: Job, root) -> dict:
     """Train one method on one noisy copy of the task; return its per-epoch curves."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
 
-    from .. import RobustDPOConfig, RobustDPOTrainer
+    from .. import RobustDPOTrainer
     from ..data import flip_preferences
     from .synthetic import RewardModel, mean_true_reward
 
@@ -162,27 +189,9 @@ def run_job(job: Job, root) -> dict:
             policy_rewards.append(mean_true_reward(model, reward, prompts, seed=job.seed) - reference_reward)
             model.train()
 
-    args = RobustDPOConfig(
-        output_dir=str(run_dir(root, job)),
-        loss_type=loss_type,
-        label_smoothing=job.flip_rate if smoothing_is_flip_rate else 0.0,
-        beta=setting.beta,
-        learning_rate=setting.learning_rate,
-        lr_scheduler_type="constant",
-        num_train_epochs=setting.epochs,
-        per_device_train_batch_size=setting.batch_size,
-        per_device_eval_batch_size=150,
-        eval_strategy="epoch",
-        logging_strategy="epoch",
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        disable_tqdm=True,
-        seed=job.seed,
-        data_seed=job.seed,
-        **extra,
+    args = training_config(
+        setting, run_dir(root, job), loss_type, job.seed,
+        label_smoothing=job.flip_rate if smoothing_is_flip_rate else 0.0, **extra,
     )
     trainer = RobustDPOTrainer(
         model=str(directory / "reference"),
