@@ -95,19 +95,13 @@ def _audit_trainer_class():
                 return super()._registered_per_sequence_loss(
                     loss_type, chosen_scores, rejected_scores, ref_chosen_logps, ref_rejected_logps, mode
                 )
-            rows = self._batch_columns.get(ROW_COLUMN)
-            if rows is None:
-                raise RuntimeError("the audit trainer scored a batch without row indices")
             delta = (chosen_scores - rejected_scores).detach()
-            recorded = [rows, delta.float()]
+            recorded = [delta]
             if self._audit_loss_type is not None:  # the registered loss exactly as training computes it
-                extra = super()._registered_per_sequence_loss(
+                recorded.append(super()._registered_per_sequence_loss(
                     self._audit_loss_type, chosen_scores, rejected_scores, ref_chosen_logps, ref_rejected_logps, mode
-                )
-                recorded.append(extra.detach().float())
-            # Every process's pairs, without the ones accelerate repeats to even out the last batch.
-            gathered = self.accelerator.gather_for_metrics(tuple(recorded))
-            self._audit_records.append([t.cpu() for t in gathered])
+                ))
+            self._record_by_row(self._audit_records, *recorded)
             return -F.logsigmoid(self.beta * delta)  # TRL's `sigmoid` loss, so `eval_loss` is the mean DPO loss
 
     return _AuditTrainer
@@ -236,7 +230,7 @@ def audit_preferences(
             trainer.remove_callback(PrinterCallback)
         trainer.eval_dataset = trainer.train_dataset  # tokenised once, by TRL's __init__
         trl_metrics = trainer.evaluate()
-        rows, delta, extra = _collect(trainer._audit_records, n_rows)
+        delta, extra = _collect(trainer._audit_records, n_rows)
         accelerator = trainer.accelerator
         num_processes = accelerator.num_processes
         is_main = accelerator.is_main_process
@@ -332,26 +326,16 @@ def _check_rows_scored(prepared, n_rows: int, max_length: int | None) -> None:
 
 
 def _collect(records, n_rows: int):
-    """Concatenate the gathered batches into per-row tensors (input order), checking every row came exactly once."""
-    if not records:
-        raise RuntimeError("the audit evaluated no batch")
-    columns = [torch.cat(parts) for parts in zip(*records)]
-    rows = columns[0].long()
-    values = [c.float() for c in columns[1:]]
-    # gather_for_metrics already drops accelerate's padding samples; drop any repeat of a row that remains anyway.
-    first = {}
-    for position, row in enumerate(rows.tolist()):
-        first.setdefault(row, position)
-    if sorted(first) != list(range(n_rows)):
-        absent = sorted(set(range(n_rows)) - set(first))
-        raise RuntimeError(f"the audit lost rows {absent[:10]} between TRL's data loader and the loss")
-    positions = torch.tensor([first[row] for row in range(n_rows)])
-    delta = values[0][positions]
-    extra = values[1][positions] if len(values) > 1 else None
+    """Δ (and the registered loss) of every input row, in input order; every row must have been scored."""
+    from ..integration.trainer import values_by_row
+
+    values = values_by_row(records, range(n_rows))
+    delta = values[0]
+    extra = values[1] if len(values) > 1 else None
     bad = (~torch.isfinite(delta)).nonzero().flatten().tolist()
     if bad:
         raise FloatingPointError(
             f"the log-probs of {len(bad)} pairs are NaN or infinite (rows {bad[:10]}): a model in float16 that "
             "overflows or a corrupt checkpoint; load in float32 or bfloat16 (dtype=...)"
         )
-    return rows, delta, extra
+    return delta, extra

@@ -168,9 +168,7 @@ class RobustDPOTrainer(DPOTrainer):
             raise unknown_loss_type_error(loss_type)
         if self._row_margins is not None:  # the epoch filter's scoring pass: record, train nothing, log nothing
             if loss_type == next(iter(self._robust_specs)):  # once per batch, whatever the number of loss types
-                rows = self._batch_columns[ROW_COLUMN]
-                margin = (self.beta * (chosen_scores - rejected_scores)).detach().float()  # TRL's unclipped margin
-                self._row_margins.append([t.cpu() for t in self.accelerator.gather_for_metrics((rows, margin))])
+                self._record_by_row(self._row_margins, self.beta * (chosen_scores - rejected_scores))  # unclipped z
             return torch.zeros_like(chosen_scores)
         hyperparameters = {kw: robust_hyperparameter(self.args, h.attribute) for kw, h in spec.hyperparameters.items()}
         loss_fn = functools.partial(spec.fn, **hyperparameters)
@@ -299,6 +297,16 @@ class RobustDPOTrainer(DPOTrainer):
 
     # --- ROPO's per-epoch filter -----------------------------------------------------------------------------------
 
+    def _record_by_row(self, records: list, *values: torch.Tensor) -> None:
+        """Append this batch's input rows and per-pair `values` to `records`, gathered over every process without the
+        pairs accelerate repeats to even out the last batch; `values_by_row` puts them in row order. What the epoch
+        filter's scoring pass and the audit record."""
+        rows = self._batch_columns.get(ROW_COLUMN)
+        if rows is None:
+            raise RuntimeError("a batch was scored without its row indices")
+        gathered = self.accelerator.gather_for_metrics((rows, *(value.detach().float() for value in values)))
+        records.append([t.cpu() for t in gathered])
+
     def _score_training_set(self) -> dict[int, float]:
         """The margin z = β·Δ of every training pair under the current model, by input row.
 
@@ -323,9 +331,9 @@ class RobustDPOTrainer(DPOTrainer):
         finally:
             self._row_margins = None
             self._metrics["eval"] = saved_metrics
-        margins = {}
-        for rows, z in records:  # a row accelerate repeats to even out the last batch has the same z both times
-            margins.update(zip(rows.tolist(), z.tolist()))
+        rows = sorted(set(self.train_dataset[ROW_COLUMN]))  # (TRL may have dropped rows that do not fit max_length)
+        (z,) = values_by_row(records, rows)
+        margins = dict(zip(rows, z.tolist()))
         bad = [row for row, value in margins.items() if not math.isfinite(value)]
         if bad:
             raise FloatingPointError(
@@ -499,6 +507,22 @@ class RobustDPOTrainer(DPOTrainer):
             return super().compute_loss(model, inputs, *args, **kwargs)
         finally:
             self._batch_columns = {}
+
+
+def values_by_row(records: list, rows) -> list[torch.Tensor]:
+    """The per-pair values `_record_by_row` recorded, one tensor per value, in the order of `rows` (the input rows
+    expected). A row recorded twice counts once; a row expected but never recorded is an error."""
+    if not records:
+        raise RuntimeError("no batch was scored")
+    columns = [torch.cat(parts) for parts in zip(*records)]
+    first = {}
+    for position, row in enumerate(columns[0].long().tolist()):
+        first.setdefault(row, position)
+    absent = [row for row in rows if row not in first]
+    if absent:
+        raise RuntimeError(f"rows {absent[:10]} were lost between TRL's data loader and the loss")
+    positions = torch.tensor([first[row] for row in rows], dtype=torch.long)
+    return [column.float()[positions] for column in columns[1:]]
 
 
 def integrate_with_trl() -> None:
