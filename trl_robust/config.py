@@ -10,6 +10,7 @@ from packaging.version import Version
 from trl import DPOConfig
 
 from .filtering import FILTER_MODES, FILTER_SCOPES, MIN_WINDOW_SUSPECTS
+from .noise.auto import AUTO
 from .registry import (
     DRDPO_BETA_PRIME,
     ROPO_ALPHA,
@@ -50,11 +51,16 @@ class RobustDPOConfig(DPOConfig):
 
     > Parameters of ROPO's noisy-sample filtering (Liang et al., ICML 2025, arXiv 2404.04102)
 
-    ropo_filter_ratio (`float`, *optional*, defaults to `0.0`):
+    ropo_filter_ratio (`float` or `"auto"`, *optional*, defaults to `0.0`):
         ρ in [0, 1): the share of pairs with the lowest margin z — for ROPO exactly the largest losses — that is
         treated as mislabeled (see `ropo_filter_scope` for which pairs compete). 0 turns filtering off. Applies to
         the registered loss types in `loss_type` (not to TRL's built-ins), in training only (not to `eval_loss`).
-    ropo_filter_scope (`str`, *optional*, defaults to `"step"`):
+        `"auto"`: no share to guess. Each epoch the flip rate ε̂ is estimated from the margins the training steps
+        computed anyway (`trl_robust.noise.auto`: no extra pass), and from the second epoch on the pairs with the
+        lowest of the previous epoch's margins are distrusted, ρ = the mean of the last two estimates, nothing while
+        that is below 0.08. Logged as `noise/estimated_flip_rate` and `noise/filter_ratio`. Epoch scope only; needs
+        two epochs or more.
+    ropo_filter_scope (`str`, *optional*, defaults to `"step"`, or `"epoch"` with `ropo_filter_ratio="auto"`):
         `"step"`: at every training micro-batch, each pair (gathered over all processes) is ranked among a running
         window of recent margins — one optimizer step's pairs (per-device batch × processes × gradient accumulation),
         at least 10/ρ — and distrusted if it is in the window's lowest ρ share; a carried count corrects rounding and
@@ -62,7 +68,8 @@ class RobustDPOConfig(DPOConfig):
         the count are saved with checkpoints.
         `"epoch"`: at the start of every epoch after the warm-up (never before the first epoch has trained), one
         evaluation pass scores the whole training set with the current model, and its ⌊ρ·N⌋ lowest-margin pairs
-        are the suspects for that epoch; the set is saved with checkpoints. Needs a map-style training dataset.
+        are the suspects for that epoch (with `"auto"`, no pass: the margins of the previous epoch's training
+        steps); the set is saved with checkpoints. Needs a map-style training dataset.
     ropo_filter_warmup_steps (`int`, *optional*, defaults to `0`):
         Optimizer steps trained on every pair before filtering starts (the model must first learn what the
         clean majority says). With the epoch scope, filtering starts with the first epoch that begins at or after
@@ -109,23 +116,26 @@ class RobustDPOConfig(DPOConfig):
         },
     )
 
-    ropo_filter_ratio: float = field(
+    # `str` too, so that the command line and YAML can say `auto`.
+    ropo_filter_ratio: float | str | None = field(
         default=0.0,
         metadata={
             "help": "ROPO's noisy-sample filtering (Liang et al., ICML 2025, arXiv 2404.04102): the fraction ρ of the "
             "pairs with the lowest margin (largest ROPO loss) — over the run, ranked among about one optimizer step's "
             "pairs, or of the training set each epoch (`ropo_filter_scope`) — is treated as mislabeled. In [0, 1); "
-            "0 = off. Applies to trl-robust's loss types, in training only."
+            "0 = off; `auto` = ρ from the flip rate estimated each epoch from the training margins (epoch scope, at "
+            "least 2 epochs). Applies to trl-robust's loss types, in training only."
         },
     )
-    ropo_filter_scope: str = field(
-        default="step",
+    ropo_filter_scope: str | None = field(
+        default=None,
         metadata={
             "help": "Which pairs ROPO's filter ranks: `step` (each pair among a running window of recent margins, about "
             f"one optimizer step's pairs and at least {MIN_WINDOW_SUSPECTS}/ρ; the lowest ρ share of it, so ρ of the "
             "pairs over the run for any batch size and gradient accumulation) or `epoch` (at the start of each epoch "
-            "after the warm-up, score the whole training set with the current model and distrust its lowest-margin ρ "
-            "share for that epoch).",
+            "after the warm-up, distrust the training set's lowest-margin ρ share for that epoch, scored with the "
+            "current model, or for `ropo_filter_ratio: auto` taken from the previous epoch's training steps). "
+            "Default: `step`, or `epoch` with `ropo_filter_ratio: auto`.",
             "choices": list(FILTER_SCOPES),
         },
     )
@@ -158,6 +168,7 @@ class RobustDPOConfig(DPOConfig):
     )
 
     def __post_init__(self):
+        self.ropo_filter_ratio = _parse_filter_ratio(self.ropo_filter_ratio)
         if isinstance(self.sympo_reward_clip, str):  # from the command line
             text = self.sympo_reward_clip.strip().lower()
             try:
@@ -185,6 +196,40 @@ def robust_hyperparameter(args, name: str):
     if name in defaults:
         return defaults[name]
     raise AttributeError(name)
+
+
+def _parse_filter_ratio(value):
+    """`ropo_filter_ratio` as given in Python, YAML or on the command line: a number, or `AUTO`."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip().lower()
+    if text == AUTO:
+        return AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(
+            f"`ropo_filter_ratio` must be a number in [0, 1) or {AUTO!r}, got {value!r}."
+        ) from None
+
+
+def filter_ratio(args) -> float | str:
+    """ROPO's filter ratio ρ of `args` (0.0 = off), or `AUTO` (ρ estimated each epoch, `trl_robust.noise.auto`)."""
+    return _parse_filter_ratio(robust_hyperparameter(args, "ropo_filter_ratio"))
+
+
+def filters(args) -> bool:
+    """Whether ROPO's filter is on: a ratio above 0, or `AUTO`."""
+    ratio = filter_ratio(args)
+    return ratio == AUTO or ratio > 0
+
+
+def filter_scope(args) -> str:
+    """`ropo_filter_scope`, resolved: as set, else `epoch` for `AUTO` and `step` for a fixed ratio."""
+    scope = robust_hyperparameter(args, "ropo_filter_scope")
+    if scope is None:
+        return "epoch" if filter_ratio(args) == AUTO else "step"
+    return scope
 
 
 def _loss_types(args) -> list[str]:
@@ -298,10 +343,13 @@ def _warn_once(args, head: str, message: str) -> None:
 
 
 def _validate_filtering(args, registered) -> None:
-    ratio = robust_hyperparameter(args, "ropo_filter_ratio")
-    _require_finite("ropo_filter_ratio", ratio)
-    if not 0 <= ratio < 1:
-        raise ValueError(f"`ropo_filter_ratio` must be in [0, 1) (the share of each batch to distrust), got {ratio}.")
+    ratio = filter_ratio(args)
+    if ratio != AUTO:
+        _require_finite("ropo_filter_ratio", ratio)
+        if not 0 <= ratio < 1:
+            raise ValueError(
+                f"`ropo_filter_ratio` must be in [0, 1) (the share of each batch to distrust) or {AUTO!r}, got {ratio}."
+            )
     warmup = robust_hyperparameter(args, "ropo_filter_warmup_steps")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"`ropo_filter_warmup_steps` must be a whole number >= 0, got {warmup!r}.")
@@ -311,10 +359,18 @@ def _validate_filtering(args, registered) -> None:
     max_margin = robust_hyperparameter(args, "ropo_filter_max_margin")
     if max_margin is not None:
         _require_finite("ropo_filter_max_margin", max_margin)
-    scope = robust_hyperparameter(args, "ropo_filter_scope")
+    scope = filter_scope(args)
     if scope not in FILTER_SCOPES:
         raise ValueError(f"`ropo_filter_scope` must be one of {list(FILTER_SCOPES)}, got {scope!r}.")
-    if ratio == 0:
+    if ratio == AUTO and scope != "epoch":
+        raise ValueError(
+            f"`ropo_filter_ratio={AUTO!r}` estimates the flip rate from a whole epoch of training margins and decides "
+            f"once per epoch, so it needs ropo_filter_scope='epoch' (its default), not {scope!r}. A per-step estimate "
+            "is not offered: the first epoch's margins, which come from a barely trained model, put the estimate "
+            "anywhere between 0.06 and 0.29 at 20% flips (trl-robust's measurement). For a one-epoch run, set a "
+            "fixed ratio with the step scope, e.g. the flip rate `trl-robust audit` estimates."
+        )
+    if not filters(args):
         return
     if not registered:
         raise ValueError(

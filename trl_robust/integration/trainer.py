@@ -15,9 +15,10 @@ from transformers import TrainerCallback
 from trl import DPOTrainer
 
 from .. import compat
-from ..config import RobustDPOConfig, robust_hyperparameter, validate_robust_args
+from ..config import RobustDPOConfig, filter_ratio, filter_scope, filters, robust_hyperparameter, validate_robust_args
 from ..data import FLIP_COLUMN, ROW_COLUMN, check_trainer_datasets
 from ..filtering import filter_window, filtered_loss, rankable, running_suspected_pairs, suspected_pairs
+from ..noise.auto import AUTO, auto_filter_ratio, estimate_flip_rate
 from ..registry import LossSpec, get_loss_spec, registered_loss_types, unknown_loss_type_error
 from .. import builtin
 from . import dispatch
@@ -36,15 +37,18 @@ class RobustDPOTrainer(DPOTrainer):
 
     Extra metrics, per registered loss type `<name>` (gathered over all processes, like TRL's `rewards/*`):
     `<name>/grad_weight`, `<name>/grad_weight_vs_dpo`, `<name>/negative_margin_frac`, `<name>/saturated_frac`
-    and, for losses that clip rewards, `<name>/clipped_frac`; with ROPO's filter (`ropo_filter_ratio > 0`),
-    `<name>/filtered_frac` and, when the training data has a `label_flipped` column, `<name>/filter_precision`.
+    and, for losses that clip rewards, `<name>/clipped_frac`; with ROPO's filter (`ropo_filter_ratio > 0` or `auto`),
+    `<name>/filtered_frac` and, when the training data has a `label_flipped` column, `<name>/filter_precision`; with
+    `auto`, `noise/estimated_flip_rate` and `noise/filter_ratio` once per epoch.
     See the README's metrics glossary.
 
     With `ropo_filter_scope="step"` each loss type keeps a running window of recent margins and a carried count
     (`_RunningFilter`), saved in `trainer_state.json` by `_StepFilterCallback`. With `ropo_filter_scope="epoch"` a
     row-index column is added to the training dataset, and at the start of each epoch after the warm-up
     `_EpochFilterCallback` scores the training set through TRL's evaluation loop; the suspects of the epoch are saved
-    in `trainer_state.json` with every checkpoint.
+    in `trainer_state.json` with every checkpoint. With `ropo_filter_ratio="auto"` there is no scoring pass: the
+    training steps record every pair's margin (`_free_margins`) and the callback estimates ρ from them
+    (`trl_robust.noise.auto`).
 
     `model` and `ref_model` may also be a `builtin:` name (`builtin:tiny`), as in the `trl-robust` recipes.
     """
@@ -65,10 +69,7 @@ class RobustDPOTrainer(DPOTrainer):
         validate_robust_args(args)  # before TRL loads any model
         # Bad rows fail early, by split, column and row, instead of deep inside TRL's tokenisation.
         check_trainer_datasets(DPOTrainer.__init__, model, ref_model, args, *pargs, **kwargs)
-        filters_per_epoch = (
-            robust_hyperparameter(args, "ropo_filter_ratio") > 0
-            and robust_hyperparameter(args, "ropo_filter_scope") == "epoch"
-        )
+        filters_per_epoch = filters(args) and filter_scope(args) == "epoch"
         if filters_per_epoch:  # the epoch filter traces every score to its row: index the rows before TRL sees them
             pargs, kwargs = _with_row_index(model, ref_model, args, pargs, kwargs)
         loss_types = [args.loss_type] if isinstance(args.loss_type, str) else list(args.loss_type)
@@ -88,15 +89,18 @@ class RobustDPOTrainer(DPOTrainer):
         self.loss_types = loss_types
         # ROPO's filter reports its precision where the training data records which labels were flipped.
         columns = getattr(self.train_dataset, "column_names", None) or []
-        if robust_hyperparameter(self.args, "ropo_filter_ratio") > 0 and FLIP_COLUMN in columns:
+        if filters(self.args) and FLIP_COLUMN in columns:
             self._pass_through_column(FLIP_COLUMN, torch.bool)
         self._epoch_suspects = None  # per input row: distrusted this epoch (epoch scope only)
         self._row_margins = None  # while the epoch filter scores the training set: the gathered (rows, z) batches
+        # With `ropo_filter_ratio="auto"`: this epoch's training margins, gathered (rows, z) batches still on the device
+        # (None otherwise); `_EpochFilterCallback` takes them at the end of the epoch.
+        self._free_margins = [] if filter_ratio(self.args) == AUTO else None
         if filters_per_epoch:
             self._pass_through_column(ROW_COLUMN, torch.long)
             self.add_callback(_EpochFilterCallback(self))
         self._step_filters = {}  # loss type -> _RunningFilter (step scope only)
-        if robust_hyperparameter(self.args, "ropo_filter_ratio") > 0 and not filters_per_epoch:
+        if filters(self.args) and not filters_per_epoch:
             self.add_callback(_StepFilterCallback(self))
         self._skipped_steps = set()  # optimizer steps skipped for non-finite margins (fp16 only)
         self._warned_all_clipped = False
@@ -170,6 +174,14 @@ class RobustDPOTrainer(DPOTrainer):
             if loss_type == next(iter(self._robust_specs)):  # once per batch, whatever the number of loss types
                 self._record_by_row(self._row_margins, self.beta * (chosen_scores - rejected_scores))  # unclipped z
             return torch.zeros_like(chosen_scores)
+        if self._free_margins is not None and mode == "train" and loss_type == next(iter(self._robust_specs)):
+            # `auto`: every pair's margin in the step that trains on it, for the next epoch's estimate (no extra pass).
+            # Plain `gather`, kept on the device (no host sync per step): `gather_for_metrics` would cut the wrong
+            # micro-batch where transformers fetches a whole accumulation window ahead. The last batch's padding
+            # repeats rows already met this epoch, and `_take_free_margins` keeps a row's first margin.
+            z = (self.beta * (chosen_scores - rejected_scores)).detach().float()
+            rows = self._batch_columns[ROW_COLUMN].to(z.device)
+            self._free_margins.append(self.accelerator.gather((rows, z)))
         hyperparameters = {kw: robust_hyperparameter(self.args, h.attribute) for kw, h in spec.hyperparameters.items()}
         loss_fn = functools.partial(spec.fn, **hyperparameters)
         clip = robust_hyperparameter(self.args, "sympo_reward_clip") if spec.uses_reward_clip else None
@@ -220,10 +232,9 @@ class RobustDPOTrainer(DPOTrainer):
     def _suspected_pairs(self, loss_type, pairs, mode):
         """ROPO's filter: the mask of distrusted pairs of the global batch (None where it does not apply), and for the
         step scope the running filter with the device values its host copy needs after this step's one transfer."""
-        ratio = robust_hyperparameter(self.args, "ropo_filter_ratio")
-        if ratio == 0 or mode != "train":
+        if not filters(self.args) or mode != "train":
             return None, None
-        if robust_hyperparameter(self.args, "ropo_filter_scope") == "epoch":  # chosen at the start of the epoch
+        if filter_scope(self.args) == "epoch":  # chosen at the start of the epoch
             return (pairs["epoch_suspect"].bool() if "epoch_suspect" in pairs else None), None
         # The step scope: each pair ranked among the recent margins of this loss type (`running_suspected_pairs`).
         # The window fills during the warm-up too, so that the first filtered pairs meet a full window.
@@ -235,6 +246,7 @@ class RobustDPOTrainer(DPOTrainer):
             suspected, window, debt = None, torch.cat([running.history, rankable(z)]), running.debt
         else:
             max_margin = robust_hyperparameter(self.args, "ropo_filter_max_margin")
+            ratio = filter_ratio(self.args)
             suspected, window, debt = running_suspected_pairs(z, running.history, running.debt, ratio, max_margin)
         keep = max(self._filter_window() - len(z), 0)
         running.history, running.debt = window[max(len(window) - keep, 0) :], debt
@@ -246,7 +258,7 @@ class RobustDPOTrainer(DPOTrainer):
         pairs_per_step = (
             self.args.per_device_train_batch_size * self.accelerator.num_processes * self.args.gradient_accumulation_steps
         )
-        return filter_window(pairs_per_step, robust_hyperparameter(self.args, "ropo_filter_ratio"))
+        return filter_window(pairs_per_step, filter_ratio(self.args))
 
     def _planned_optimizer_steps(self) -> int | None:
         """The run's optimizer steps as `Trainer.train` will count them, or None where the data has no length."""
@@ -263,8 +275,7 @@ class RobustDPOTrainer(DPOTrainer):
 
     def _warn_where_the_filter_cannot_reach_its_ratio(self) -> None:
         """Say at construction when ROPO's filter will distrust nothing, or cannot reach its share ρ, in this run."""
-        ratio = robust_hyperparameter(self.args, "ropo_filter_ratio")
-        if ratio == 0 or self.train_dataset is None:
+        if not filters(self.args) or self.train_dataset is None:
             return
         total = self._planned_optimizer_steps()
         if total is None:
@@ -279,8 +290,9 @@ class RobustDPOTrainer(DPOTrainer):
                 stacklevel=3,
             )
             return
-        if robust_hyperparameter(self.args, "ropo_filter_scope") != "step":
+        if filter_scope(self.args) != "step":
             return
+        ratio = filter_ratio(self.args)
         window = self._filter_window()
         filtered = (total - warmup) * (
             self.args.per_device_train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
@@ -343,14 +355,30 @@ class RobustDPOTrainer(DPOTrainer):
         return margins
 
     def _choose_epoch_suspects(self) -> list[int]:
-        """Score the training set; the ⌊ρ·N⌋ rows with the lowest margin (ties: the lower row first), only those below
-        `ropo_filter_max_margin` if it is set."""
-        margins = self._score_training_set()
+        """Score the training set and distrust its lowest-margin ρ share (`_lowest_margin_rows`)."""
+        return self._lowest_margin_rows(self._score_training_set(), filter_ratio(self.args))
+
+    def _lowest_margin_rows(self, margins: dict[int, float], ratio: float) -> list[int]:
+        """Of the rows in `margins` (row -> z), the ⌊ρ·N⌋ with the lowest margin (ties: the lower row first), only those
+        below `ropo_filter_max_margin` if it is set."""
         rows = sorted(margins)
         z = torch.tensor([margins[row] for row in rows], dtype=torch.float64)
-        ratio = robust_hyperparameter(self.args, "ropo_filter_ratio")
         chosen = suspected_pairs(z, ratio, robust_hyperparameter(self.args, "ropo_filter_max_margin"))
         return [row for row, suspect in zip(rows, chosen.tolist()) if suspect]
+
+    def _take_free_margins(self) -> dict[int, float]:
+        """The training margins recorded since the last call (`auto`), by input row, and start afresh.
+
+        A row met twice (in the padding accelerate adds to the last batch of an epoch, so that every process has one)
+        keeps its first margin; a row not met (dropped with `dataloader_drop_last`) is absent.
+        """
+        records, self._free_margins = self._free_margins, []
+        if not records:
+            return {}
+        records = [[t.cpu() for t in record] for record in records]
+        rows = list(dict.fromkeys(torch.cat([record[0] for record in records]).long().tolist()))
+        (z,) = values_by_row(records, rows)
+        return dict(zip(rows, z.tolist()))
 
     def _set_epoch_suspects(self, rows: list[int] | None) -> None:
         """Distrust these input rows until the next epoch's choice (None: no filtering this epoch)."""
@@ -387,7 +415,7 @@ class RobustDPOTrainer(DPOTrainer):
         }
         if clips:
             values["clipped_frac"] = pairs["clipped"].mean()
-        if mode == "train" and robust_hyperparameter(self.args, "ropo_filter_ratio") > 0:
+        if mode == "train" and filters(self.args):
             filtered = suspected if suspected is not None else torch.zeros_like(z_all, dtype=torch.bool)
             values["filtered_frac"] = filtered.float().mean()
             if self._flip_record is not None and suspected is not None:
@@ -591,6 +619,11 @@ class _EpochFilterCallback(TrainerCallback):
     `trainer_state.json`, so a run resumed inside an epoch distrusts the same rows as the uninterrupted run (its
     model at the start of that epoch is gone by then) and a run resumed at an epoch boundary scores afresh with the
     same model the uninterrupted run would have used.
+
+    With `ropo_filter_ratio="auto"` the decision at the start of epoch e uses the margins the training steps of epoch
+    e − 1 recorded (`trl_robust.noise.auto`): their flip-rate estimate joins the list of estimates, and ρ follows from
+    that list. The estimates, and the margins of the current epoch so far, go into the checkpoints too (written only
+    when a checkpoint is about to be saved), so that a resumed run estimates from the same margins.
     """
 
     STATE_KEY = "trl_robust.RopoEpochFilter"
@@ -598,21 +631,25 @@ class _EpochFilterCallback(TrainerCallback):
     def __init__(self, trainer: RobustDPOTrainer):
         self.trainer = trainer
         self.decided_epoch = None  # the epoch whose suspects `trainer._epoch_suspects` holds
+        self.auto = filter_ratio(trainer.args) == AUTO
+        self.estimates = []  # auto: ε̂ per epoch trained, oldest first (None where nothing could be estimated)
+        self.margins = {}  # auto: row -> margin, of the current epoch so far (on the host)
 
     def on_train_begin(self, args, state, control, **kwargs):
         saved = (state.stateful_callbacks or {}).get(self.STATE_KEY)  # present when resuming from our checkpoint
-        if saved:
-            attributes = saved["attributes"]
-            self.decided_epoch = attributes["epoch"]
-            self.trainer._set_epoch_suspects(attributes["rows"])
-        else:
-            self.decided_epoch = None
-            self.trainer._set_epoch_suspects(None)
+        attributes = saved["attributes"] if saved else {}
+        self.decided_epoch = attributes.get("epoch")
+        self.trainer._set_epoch_suspects(attributes.get("rows"))
+        self.estimates = list(attributes.get("estimates", []))
+        self.margins = {int(row): z for row, z in zip(*attributes.get("margins", ([], [])))}
+        if self.trainer._free_margins:
+            self.trainer._take_free_margins()  # (a previous `train()` call's leftovers)
         if state.num_train_epochs is not None and state.num_train_epochs <= 1:
             warnings.warn(
                 "ropo_filter_scope='epoch' chooses its suspects at the start of each epoch after the first, and this "
                 f"run trains for {state.num_train_epochs} epoch: nothing will be filtered. Train for more epochs or "
-                "use ropo_filter_scope='step'.",
+                "use ropo_filter_scope='step'"
+                + (" with a fixed ropo_filter_ratio (e.g. the flip rate `trl-robust audit` estimates)." if self.auto else "."),
                 UserWarning,
                 stacklevel=2,
             )
@@ -624,13 +661,48 @@ class _EpochFilterCallback(TrainerCallback):
             return  # resumed inside this epoch: its suspects came back with the checkpoint
         warmup = robust_hyperparameter(args, "ropo_filter_warmup_steps")
         inside_an_epoch = abs(position - round(position)) > 1e-6  # resumed mid-epoch from a checkpoint without them
-        if state.global_step == 0 or state.global_step < warmup or inside_an_epoch:
-            rows = None  # never with the untrained model, nor before the warm-up
+        untrained = state.global_step == 0 or inside_an_epoch  # never with the untrained model
+        if self.auto:
+            rows = None if untrained else self._decide_from_the_last_epoch(state.global_step >= warmup)
+        elif untrained or state.global_step < warmup:
+            rows = None
         else:
             rows = self.trainer._choose_epoch_suspects()
         self.trainer._set_epoch_suspects(rows)
         self.decided_epoch = epoch
-        state.stateful_callbacks[self.STATE_KEY] = {"args": {}, "attributes": {"epoch": epoch, "rows": rows}}
+        self._export(state, rows)
+
+    def _decide_from_the_last_epoch(self, filtering: bool) -> list[int] | None:
+        """`auto`: estimate ε from the epoch that just ended and choose this epoch's suspects (None: filter nothing)."""
+        margins = {**self.margins, **self.trainer._take_free_margins()}
+        self.margins = {}
+        estimate = estimate_flip_rate([margins[row] for row in sorted(margins)]) if margins else None
+        self.estimates.append(estimate)
+        ratio = auto_filter_ratio(self.estimates) if filtering else 0.0
+        metrics = self.trainer._metrics["train"]
+        if estimate is not None:
+            metrics["noise/estimated_flip_rate"].append(estimate)
+        metrics["noise/filter_ratio"].append(ratio)
+        return self.trainer._lowest_margin_rows(margins, ratio) if ratio > 0 else None
+
+    def _export(self, state, rows) -> None:
+        attributes = {"epoch": self.decided_epoch, "rows": rows}
+        if self.auto:
+            attributes.update(estimates=self.estimates, margins=[list(self.margins), list(self.margins.values())])
+        state.stateful_callbacks[self.STATE_KEY] = {"args": {}, "attributes": attributes}
+
+    def _before_a_save(self, state, control) -> None:
+        """`auto`: put the margins recorded so far this epoch into the checkpoint about to be written."""
+        if self.auto and control.should_save:
+            self.margins.update(self.trainer._take_free_margins())
+            saved = state.stateful_callbacks.get(self.STATE_KEY, {}).get("attributes", {})
+            self._export(state, saved.get("rows"))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._before_a_save(state, control)  # (transformers' flow callback, earlier in the list, has set should_save)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._before_a_save(state, control)
 
 
 def _with_row_index(model, ref_model, args, pargs, kwargs):
