@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end in their quick modes and report what they claim to measure."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,26 @@ def test_noise_benchmark_reports_every_method_family_and_the_audit(tmp_path):
     (audit_row,) = [line for line in audit_section.splitlines() if line.startswith("| ROPO | ")]
     assert 0 <= float(audit_row.split("|")[2].split("±")[0]) <= 1
     assert (tmp_path / "noise_robustness.png").stat().st_size > 10_000
+
+
+def test_the_auto_benchmark_compares_the_one_flag_with_dpo_and_the_oracle(tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "noise_auto.py"), "--quick", "--output_dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "noise_auto.jsonl").read_text().splitlines()]
+    cells = {(r["method"], r["flip_rate"]) for r in records}
+    assert cells == {("ROPO auto", 0.0), ("ROPO auto", 0.4), ("DPO", 0.0), ("DPO", 0.4),
+                     ("Oracle (DPO on unflipped pairs)", 0.4)}
+    oracle = next(r for r in records if r["method"].startswith("Oracle"))
+    assert oracle["drop_rows"] == 120  # the 40% of the 300 training pairs that were flipped, and only those
+    one_flag = next(r for r in records if r["method"] == "ROPO auto" and r["flip_rate"] == 0.4)
+    # Estimated from the second epoch on, from the first epoch's margins; the reward gain only after the last epoch.
+    assert one_flag["estimated_flip_rate"][0] is None and all(0 <= e < 0.5 for e in one_flag["estimated_flip_rate"][1:])
+    assert math.isnan(one_flag["reward_gain"][0]) and math.isfinite(one_flag["reward_gain"][-1])
+    report = (tmp_path / "noise_auto.md").read_text()
+    assert "### The estimate ε̂" in report and "### Quality" in report
+    (row,) = [line for line in report.splitlines() if line.startswith("| 40% | ") and "gap recovered" not in line
+              and line.count("|") == 9]
+    assert row.split("|")[6].strip() != "–"  # the oracle's accuracy is reported

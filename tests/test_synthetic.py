@@ -22,6 +22,28 @@ def test_reward_model_splits_the_vocabulary_in_half_per_seed():
     assert a.scores != b.scores and a == RewardModel.from_seed(0)
 
 
+def test_the_graded_reward_has_continuous_scores_and_no_topic_bonus():
+    graded = RewardModel.from_seed(0, "graded")
+    assert graded == RewardModel.from_seed(0, "graded") and graded.scores != RewardModel.from_seed(1, "graded").scores
+    values = list(graded.scores.values())
+    assert all(-1 <= v <= 1 for v in values) and len(set(values)) == len(values)  # no two words alike
+    words = sorted(graded.scores)[:2]
+    by_hand = (graded.scores[words[0]] + graded.scores[words[1]]) / 2  # the mean score, a prompt word counts once
+    assert graded(words[0], f"{words[0]} {words[1]}") == pytest.approx(by_hand)
+    with pytest.raises(ValueError, match="reward kind must be one of"):
+        RewardModel.from_seed(0, "sparse")
+
+
+def test_each_task_variant_has_its_own_cache_and_run_directories(tmp_path):
+    first, second = nb.Setting(), nb.SECOND_TASK
+    assert nb.task_dir(tmp_path, 3, first) == nb.task_dir(tmp_path, 3) == tmp_path / "tasks" / "seed3"  # as before
+    assert nb.task_dir(tmp_path, 3, second) == tmp_path / "tasks" / "graded-2000-200-300-300-seed3"
+    # Training settings that do not change the task share its cache.
+    assert nb.task_dir(tmp_path, 3, nb.Setting(learning_rate=1e-3, epochs=5)) == nb.task_dir(tmp_path, 3)
+    jobs = [nb.Job("DPO", "symmetric", 0.2, 3, setting) for setting in (first, second)]
+    assert len({nb.run_dir(tmp_path, job) for job in jobs}) == 2
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     path = fit_reference_policy(tmp_path_factory.mktemp("task") / "reference", seed=0, steps=150)

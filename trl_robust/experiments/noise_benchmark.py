@@ -48,8 +48,13 @@ METHODS = {
     ),
     # Trained on what the audit of the final ROPO policy kept: the training split without its most suspicious pairs.
     "Audit-clean-retrain (DPO)": ("sigmoid", False, {}),
+    # The one flag with no ratio to guess: ρ from the flip rate estimated each epoch (`trl_robust.noise.auto`).
+    "ROPO auto": ("ropo", False, {"ropo_filter_ratio": "auto"}),
+    # The ceiling of identification: DPO trained only on the pairs whose labels were not flipped.
+    "Oracle (DPO on unflipped pairs)": ("sigmoid", False, {}),
 }
 AUDIT_RETRAIN = "Audit-clean-retrain (DPO)"
+ORACLE = "Oracle (DPO on unflipped pairs)"
 AUDITED = ("DPO", "ROPO")  # policies whose final models are audited (AUROC), ROPO's also for the retrain
 AUDIT_DROP_SHARE = 0.2  # the share of the most suspicious pairs left out: ρ of the filter, not the true flip rate
 
@@ -66,8 +71,26 @@ class Setting:
     learning_rate: float = 1e-2
     beta: float = 0.1
     batch_size: int = 64
-    filter_warmup_epochs: int = 2  # for the methods with ROPO's filter
+    filter_warmup_epochs: int = 2  # for the methods with ROPO's filter at a fixed ratio (`auto` has its own)
+    reward: str = "topic"  # `synthetic.RewardModel.from_seed`'s kind
+    # The true-reward gain samples responses for every reward prompt: each epoch (for the curves), or only after the
+    # last one (a grid that compares accuracies only; the other epochs then record NaN).
+    reward_gain_every_epoch: bool = True
 
+    @property
+    def task_name(self) -> str:
+        """Names the task (what `build_task` builds): "" for the default one, else its sizes and reward kind."""
+        default = Setting()
+        fields = ("n_train", "n_validation", "n_test", "n_reward_prompts", "reward")
+        if all(getattr(self, f) == getattr(default, f) for f in fields):
+            return ""
+        return f"{self.reward}-{self.n_train}-{self.n_validation}-{self.n_test}-{self.n_reward_prompts}"
+
+
+# A second task that differs in what matters to the defaults: the reward's structure (graded word scores, many
+# near-tied pairs), twice the pairs, half the batch, a learning rate 3x lower, half the epochs (so twice the steps per
+# epoch and the same pairs seen in all).
+SECOND_TASK = Setting(n_train=2000, epochs=10, learning_rate=3e-3, batch_size=32, reward="graded")
 
 @dataclass(frozen=True)
 class Job:
@@ -80,8 +103,9 @@ class Job:
     save: bool = False  # keep the final model, for an audit
 
 
-def task_dir(root: Path, seed: int) -> Path:
-    return Path(root) / "tasks" / f"seed{seed}"
+def task_dir(root: Path, seed: int, setting: Setting | None = None) -> Path:
+    name = setting.task_name if setting is not None else ""
+    return Path(root) / "tasks" / (f"{name}-seed{seed}" if name else f"seed{seed}")
 
 
 def build_task(root, seed: int, setting: Setting) -> Path:
@@ -90,13 +114,13 @@ def build_task(root, seed: int, setting: Setting) -> Path:
 
     from .synthetic import RewardModel, fit_reference_policy, make_preference_pairs, random_prompts
 
-    directory = task_dir(root, seed)
+    directory = task_dir(root, seed, setting)
     data_file = directory / "pairs.json"
     if data_file.exists():
         return directory
     reference_path = fit_reference_policy(directory / "reference", seed=seed)
     reference = AutoModelForCausalLM.from_pretrained(reference_path)
-    reward = RewardModel.from_seed(seed)
+    reward = RewardModel.from_seed(seed, setting.reward)
     n_pairs = setting.n_train + setting.n_validation + setting.n_test
     pairs = make_preference_pairs(reference, reward, n_pairs, seed=seed)
     data = {
@@ -111,7 +135,8 @@ def build_task(root, seed: int, setting: Setting) -> Path:
 
 def run_dir(root, job: Job) -> Path:
     dropped = f"-drop{len(job.drop_rows)}" if job.drop_rows else ""
-    return Path(root) / "runs" / f"{job.method}-{job.noise}-{job.flip_rate}-{job.seed}{dropped}"
+    task = f"{job.setting.task_name}-" if job.setting.task_name else ""
+    return Path(root) / "runs" / f"{task}{job.method}-{job.noise}-{job.flip_rate}-{job.seed}{dropped}"
 
 
 def noisy_train_split(root, job: Job):
@@ -120,7 +145,7 @@ def noisy_train_split(root, job: Job):
 
     from ..data import flip_preferences
 
-    data = json.loads((task_dir(root, job.seed) / "pairs.json").read_text())
+    data = json.loads((task_dir(root, job.seed, job.setting) / "pairs.json").read_text())
     return flip_preferences(Dataset.from_list(data["train"]), job.flip_rate, seed=job.seed, mode=job.noise)
 
 
@@ -163,11 +188,13 @@ def run_job(job: Job, root) -> dict:
 
     torch.set_num_threads(1)
     setting = job.setting
-    directory = task_dir(root, job.seed)
+    directory = task_dir(root, job.seed, setting)
     data = json.loads((directory / "pairs.json").read_text())
-    reward = RewardModel.from_seed(job.seed)
+    reward = RewardModel.from_seed(job.seed, setting.reward)
     prompts = data["reward_prompts"]
     train = noisy_train_split(root, job)
+    if job.method == ORACLE:
+        job = replace(job, drop_rows=tuple(i for i, flipped in enumerate(train["label_flipped"]) if flipped))
     if job.drop_rows:
         dropped = set(job.drop_rows)
         train = train.select([i for i in range(len(train)) if i not in dropped])
@@ -176,7 +203,7 @@ def run_job(job: Job, root) -> dict:
     )
     test = Dataset.from_list(data["test"])
     loss_type, smoothing_is_flip_rate, extra = METHODS[job.method]
-    if "ropo_filter_ratio" in extra:
+    if "ropo_filter_ratio" in extra and extra["ropo_filter_ratio"] != "auto":
         steps_per_epoch = math.ceil(setting.n_train / setting.batch_size)
         extra = {**extra, "ropo_filter_warmup_steps": setting.filter_warmup_epochs * steps_per_epoch}
     reference = AutoModelForCausalLM.from_pretrained(directory / "reference")
@@ -186,6 +213,9 @@ def run_job(job: Job, root) -> dict:
 
     class PolicyReward(TrainerCallback):
         def on_epoch_end(self, args, state, control, model=None, **kwargs):
+            if not setting.reward_gain_every_epoch and state.epoch < setting.epochs - 1e-6:
+                policy_rewards.append(math.nan)
+                return
             policy_rewards.append(mean_true_reward(model, reward, prompts, seed=job.seed) - reference_reward)
             model.train()
 
@@ -216,6 +246,9 @@ def run_job(job: Job, root) -> dict:
         "reward_gain": policy_rewards,
         # ROPO's filter: share of the distrusted pairs that were truly flipped, per epoch (None before it starts)
         "filter_precision": [e.get(f"{loss_type}/filter_precision") for e in history if "loss" in e],
+        "filtered_frac": [e.get(f"{loss_type}/filtered_frac") for e in history if "loss" in e],
+        # `auto`: the flip rate estimated at the start of each epoch from the previous one's margins (None in epoch 1)
+        "estimated_flip_rate": [e.get("noise/estimated_flip_rate") for e in history if "loss" in e],
         "seconds": time.perf_counter() - start,
     }
 
@@ -231,7 +264,7 @@ def audit_job(job: Job, root) -> dict:
     result = audit_preferences(
         str(run_dir(root, job)),
         noisy_train_split(root, job),
-        ref_model=str(task_dir(root, job.seed) / "reference"),
+        ref_model=str(task_dir(root, job.seed, job.setting) / "reference"),
         beta=job.setting.beta,
         batch_size=100,
         use_cpu=True,
@@ -296,8 +329,8 @@ def run_grid(jobs: list[Job], root, workers: int = 2, results_file=None, progres
 
     quiet_libraries()
     root = Path(root)
-    for seed in sorted({j.seed for j in jobs}):
-        build_task(root, seed, jobs[0].setting)
+    for seed, setting in dict.fromkeys((j.seed, j.setting) for j in jobs):
+        build_task(root, seed, setting)
     results = []
     context = multiprocessing.get_context("spawn")  # torch + fork is fragile; spawn is what accelerate uses too
     with context.Pool(workers, initializer=quiet_libraries) as pool, tqdm(

@@ -26,26 +26,40 @@ import torch
 from ..tiny import WORDS, make_tiny_model, make_tokenizer
 
 
+REWARD_KINDS = ("topic", "graded")
+
+
 @dataclass(frozen=True)
 class RewardModel:
-    """The hidden word scores that define the true reward."""
+    """The hidden word scores that define the true reward.
 
-    scores: dict[str, int]
+    Two kinds (`from_seed`): `topic`, the module's reward (scores ±1, prompt words count double), and `graded`, scores
+    drawn uniformly from [−1, 1] with no topic bonus: many pairs then differ by little, so the task has hard,
+    near-tied pairs that `topic` lacks. Neither depends on the response's length.
+    """
+
+    scores: dict[str, float]
+    topic_weight: float = 2.0
 
     @classmethod
-    def from_seed(cls, seed: int) -> "RewardModel":
+    def from_seed(cls, seed: int, kind: str = "topic") -> "RewardModel":
         rng = random.Random(f"reward-{seed}")
         words = list(WORDS)
         rng.shuffle(words)
-        half = len(words) // 2
-        return cls({w: (1 if i < half else -1) for i, w in enumerate(words)})
+        if kind == "topic":
+            half = len(words) // 2
+            return cls({w: (1 if i < half else -1) for i, w in enumerate(words)})
+        if kind == "graded":
+            return cls({w: rng.uniform(-1.0, 1.0) for w in words}, topic_weight=1.0)
+        raise ValueError(f"reward kind must be one of {REWARD_KINDS}, got {kind!r}")
 
     def __call__(self, prompt: str, response: str) -> float:
         prompt_words, response_words = prompt.split(), response.split()
         if not prompt_words or not response_words:
             return 0.0
         topic = set(prompt_words)
-        return sum(self.scores.get(w, 0) * (2 if w in topic else 1) for w in response_words) / len(response_words)
+        weights = [self.topic_weight if w in topic else 1 for w in response_words]
+        return sum(self.scores.get(w, 0) * k for w, k in zip(response_words, weights)) / len(response_words)
 
 
 def random_prompts(n: int, rng: random.Random) -> list[str]:
