@@ -304,3 +304,30 @@ def test_the_reward_loss_types_are_bradley_terry_and_the_per_pair_registered_los
     assert trl_robust.reward_loss_types() == [
         "bradley_terry", "ropo", "sympo_sigmoid", "sympo_ramp", "sympo_unhinged", "cdpo"
     ]
+
+
+# --- the probe of what the reward trainer relies on ------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_probe():
+    """Run the probe anew in this test, and again afterwards with TRL as it really is."""
+    from trl_robust import compat
+
+    compat.reset_integration_check()
+    yield
+    compat.reset_integration_check()
+
+
+def test_a_trl_whose_compute_loss_returns_no_outputs_is_refused_before_any_model_loads(
+    fresh_probe, monkeypatch, tiny_model_path, reward_dataset, tmp_path, no_reward_model_loading
+):
+    def compute_loss(self, model, inputs, num_items_in_batch=None):  # a TRL that dropped `return_outputs`
+        raise AssertionError("never called")
+
+    monkeypatch.setattr(trl.RewardTrainer, "compute_loss", compute_loss)
+    with pytest.raises(trl_robust.IncompatibleTRLError, match="no longer takes `return_outputs`"):
+        RobustRewardTrainer(model=tiny_model_path, args=reward_args(tmp_path), train_dataset=reward_dataset)
+    with pytest.raises(trl_robust.IncompatibleTRLError, match="no longer takes `return_outputs`"):
+        trl_robust.patch_trl()
+    assert not trl_robust.is_trl_patched()
