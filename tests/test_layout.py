@@ -13,7 +13,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "trl_robust"
 # Lowest first. A module may import its own layer (without a cycle) and the layers below, never one above.
 LAYERS = {
     "core": ["builtin", "compat", "config", "data", "filtering", "losses", "paths", "registry", "tiny", "noise"],
-    "integration": ["integration"],
+    # `reward` beside `integration`: the reward trainer is glue between TRL's RewardTrainer and the core, and
+    # `integration.patching` rebinds TRL's reward classes to it.
+    "integration": ["integration", "reward"],
     "public API": ["__init__"],  # `trl_robust` itself: re-exports only
     "audit": ["audit"],
     "experiments": ["experiments"],

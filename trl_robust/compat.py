@@ -362,4 +362,59 @@ def check_integration(registered: Mapping[str, Callable] | None = None) -> None:
 def reset_integration_check() -> None:
     """Forget what the probe found (for tests that change TRL's shape)."""
     _structural_problems.cache_clear()
+    _reward_structural_problems.cache_clear()
     installed_loss_loop.cache_clear()
+
+
+# --- `RewardTrainer`: what the robust reward trainer relies on ---------------------------------------------------------
+
+
+def _reward_problems() -> list[str]:
+    """Check, without building anything, what `RobustRewardTrainer` reads from TRL's `RewardTrainer`/`RewardConfig`.
+
+    It calls TRL's `compute_loss(..., return_outputs=True)` and takes the rewards from the outputs (so TRL's forward and
+    metrics run unchanged), reads `args.center_rewards_coefficient`, and extends the model-card data and the metrics
+    dict TRL's `__init__` sets up.
+    """
+    from trl import RewardConfig, RewardTrainer
+
+    problems = []
+
+    def check(condition: bool, problem: str) -> None:
+        if not condition:
+            problems.append(problem)
+
+    parameters = inspect.signature(RewardTrainer.compute_loss).parameters
+    check(
+        {"model", "inputs", "return_outputs"} <= set(parameters),
+        "`RewardTrainer.compute_loss` no longer takes `return_outputs` (trl-robust takes the rewards from its outputs)",
+    )
+    check(
+        "center_rewards_coefficient" in {f.name for f in dataclasses.fields(RewardConfig)},
+        "`RewardConfig` has no `center_rewards_coefficient`",
+    )
+    check(isinstance(getattr(RewardTrainer, "_tag_names", None), list), "`RewardTrainer._tag_names` is no longer a list")
+    check(isinstance(getattr(RewardTrainer, "_name", None), str), "`RewardTrainer._name` is no longer a string")
+    try:
+        check(
+            "_metrics" in _assigned_attributes(RewardTrainer.__init__, "`RewardTrainer.__init__`"),
+            "`RewardTrainer.__init__` no longer sets `self._metrics`",
+        )
+    except _Shape as problem:
+        problems.append(str(problem))
+    return problems
+
+
+@functools.cache
+def _reward_structural_problems() -> tuple[str, ...]:
+    check_trl_version()
+    return tuple(_reward_problems())
+
+
+def check_reward_integration() -> None:
+    """The reward trainer's probe: once, before any model is loaded; the same version warning and one
+    `IncompatibleTRLError` naming every problem, as `check_integration` for DPO. Independent of the DPO probe, so a
+    reward model trains even where TRL's DPO code has changed shape."""
+    problems = _reward_structural_problems()
+    if problems:
+        raise _incompatible(list(problems))

@@ -1,6 +1,7 @@
-"""The `trl-robust` command: TRL's `trl` command, with robust DPO.
+"""The `trl-robust` command: TRL's `trl` command, with robust DPO and robust reward models.
 
     trl-robust dpo [--config FILE.yaml] [ARGS...]   `trl dpo`, training with RobustDPOConfig / RobustDPOTrainer
+    trl-robust reward [--config FILE.yaml] [ARGS...]  `trl reward`, with RobustRewardConfig / RobustRewardTrainer
     trl-robust env                                  what `trl env` prints, plus trl-robust's version
     trl-robust demo [--flip_rate 0.4 ...]           DPO vs the robust losses on a built-in noisy task (CPU, offline)
     trl-robust audit --model_name_or_path ...       rank preference pairs by how likely their label is wrong
@@ -9,7 +10,8 @@
 Why a command of its own: `trl dpo` runs TRL's script in a fresh interpreter through `accelerate launch`, where
 this package is never imported, and it forwards every YAML key its dataclasses lack (`ropo_alpha`) to accelerate,
 which stops with "unrecognized arguments". `trl-robust dpo` parses with the same TRL parser plus our config and
-launches `trl_robust.scripts.dpo`, which runs TRL's own script body after `patch_trl()`.
+launches `trl_robust.scripts.dpo`, which runs TRL's own script body after `patch_trl()`. `trl-robust reward` is the
+same for `trl reward` (`trl_robust.scripts.reward`).
 """
 
 import argparse
@@ -21,14 +23,16 @@ import sys
 from .. import __version__
 
 TRAINING_MODULE = "trl_robust.scripts.dpo"
+# The module each training command launches in every process.
+TRAINING_MODULES = {"dpo": TRAINING_MODULE, "reward": "trl_robust.scripts.reward"}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `trl-robust` console script and of `python -m trl_robust`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else None
-    if command == "dpo":
-        return dpo_command(argv[1:])
+    if command in TRAINING_MODULES:
+        return training_command(argv[1:], command)
     if command == "env":
         return env_command()
     if command == "demo":
@@ -55,16 +59,28 @@ def main(argv: list[str] | None = None) -> int:
 
 def dpo_command(argv: list[str], prog: str = "trl-robust dpo") -> int:
     """`trl-robust dpo ARGS`: check the arguments here, then train in processes started by `accelerate launch`."""
+    return training_command(argv, "dpo", prog)
+
+
+def reward_command(argv: list[str], prog: str = "trl-robust reward") -> int:
+    """`trl-robust reward ARGS`: `trl reward` with the robust reward losses, launched as `dpo_command` launches."""
+    return training_command(argv, "reward", prog)
+
+
+def training_command(argv: list[str], command: str, prog: str | None = None) -> int:
+    """`trl-robust COMMAND ARGS` (dpo, reward): check the arguments here, then train in processes started by
+    `accelerate launch`."""
     from accelerate.commands.launch import launch_command, launch_command_parser
 
-    from .arguments import UsageError, check_launch, parse_dpo_args
+    from .arguments import UsageError, check_launch, parse_command_args
     from ..builtin import materialise_builtins
 
+    prog = prog or f"trl-robust {command}"
     try:
-        args = parse_dpo_args(argv, prog=prog)
+        args = parse_command_args(argv, command, prog)
         # TRL's `launch_training_script` only starts scripts inside `trl/scripts`; this is its body, aimed at our
         # module. accelerate's own checks of it run first, so that they too come before anything is loaded.
-        launch_argv = [*args.launch_args, "--module", TRAINING_MODULE, *args.script_argv]
+        launch_argv = [*args.launch_args, "--module", TRAINING_MODULES[command], *args.script_argv]
         launch = launch_command_parser().parse_args(launch_argv)
         notices = [*args.notices, *check_launch(launch)]
     except UsageError as error:
@@ -120,10 +136,11 @@ def _help_parser(trl_commands: dict[str, str]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"trl-robust {__version__} (trl {trl.__version__})")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     commands.add_parser("dpo", help="`trl dpo` with trl-robust's loss types (loss_type: ropo, ...) and fields")
+    commands.add_parser("reward", help="`trl reward` with trl-robust's loss types (loss_type: sympo_sigmoid, ...)")
     commands.add_parser("env", help="what `trl env` prints, plus trl-robust's version")
     commands.add_parser("demo", help="DPO vs ROPO vs SymPO on a built-in task with 40%% flipped labels (CPU, offline)")
     commands.add_parser("audit", help="rank preference pairs by how likely their label is wrong (noisy-pair audit)")
     for name, help_text in trl_commands.items():
-        if name not in ("dpo", "env", "demo", "audit"):
+        if name not in ("dpo", "reward", "env", "demo", "audit"):
             commands.add_parser(name, help=f"{help_text} (TRL's `trl {name}`, unchanged)")
     return parser

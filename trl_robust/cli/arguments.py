@@ -1,8 +1,10 @@
-"""Arguments of `trl-robust dpo`: TRL's own `trl dpo` parser with `RobustDPOConfig`, and clear errors up front.
+"""Arguments of `trl-robust dpo` and `trl-robust reward`: TRL's own `trl dpo`/`trl reward` parser with `RobustDPOConfig`
+/`RobustRewardConfig`, and clear errors up front.
 
 `trl dpo` parses its arguments with `TrlParser((ScriptArguments, DPOConfig, ModelConfig, DatasetMixtureConfig))` and
 hands whatever those dataclasses do not consume, YAML keys and flags alike, to `accelerate launch`. We use the same
-parser with `RobustDPOConfig` in place of `DPOConfig`, and the same split. What TRL leaves to accelerate or to the
+parser with `RobustDPOConfig` in place of `DPOConfig`, and the same split; `trl reward` is built the same way from
+`RewardConfig`, and `trl-robust reward` uses `RobustRewardConfig` with every check below. What TRL leaves to accelerate or to the
 training process we check here, before any model is loaded:
 - a missing or malformed YAML file;
 - a key or flag that is neither a dataclass field nor an `accelerate launch` option (accelerate would only say
@@ -35,6 +37,7 @@ from ..config import RobustDPOConfig
 from ..data import FLIP_MODES
 from ..paths import listing_if_not_empty, looks_like_local_path
 from ..registry import available_loss_types, registered_loss_types
+from ..reward.config import RobustRewardConfig, reward_loss_types
 from .. import builtin
 
 
@@ -79,10 +82,24 @@ class OutputDirArguments:
     )
 
 
-DATACLASS_TYPES = (ScriptArguments, RobustDPOConfig, ModelConfig, DatasetMixtureConfig, LabelNoiseArguments)
-if not hasattr(RobustDPOConfig, "overwrite_output_dir"):
-    DATACLASS_TYPES += (OutputDirArguments,)
-_FIELD_OF = "a field of " + ", ".join(t.__name__ for t in DATACLASS_TYPES)
+# The training config of each command: TRL's command of the same name parses the same dataclasses with TRL's config.
+TRAINING_CONFIGS = {"dpo": RobustDPOConfig, "reward": RobustRewardConfig}
+
+
+def dataclass_types(command: str = "dpo") -> tuple:
+    """The dataclasses `trl-robust COMMAND` parses: TRL's `trl COMMAND` ones, with the robust config, and ours."""
+    config_cls = TRAINING_CONFIGS[command]
+    types = (ScriptArguments, config_cls, ModelConfig, DatasetMixtureConfig, LabelNoiseArguments)
+    if not hasattr(config_cls, "overwrite_output_dir"):
+        types += (OutputDirArguments,)
+    return types
+
+
+DATACLASS_TYPES = dataclass_types("dpo")
+
+
+def _field_of(parser) -> str:
+    return "a field of " + ", ".join(t.__name__ for t in parser.dataclass_types)
 # Handled by TRL's launcher (trl/cli/accelerate_config.py): a shipped accelerate config by name, or a file.
 ACCELERATE_CONFIG_OPTION = "--accelerate_config"
 _SCRIPT_PLACEHOLDER = "<training-script>"
@@ -100,10 +117,11 @@ class UsageError(ValueError):
 
 @dataclass
 class DPOArguments:
-    """The parsed dataclasses, plus how to launch the training process."""
+    """The parsed dataclasses, plus how to launch the training process (of `trl-robust dpo`, and of `trl-robust reward`
+    with a `RobustRewardConfig` as `training_args`)."""
 
     script_args: ScriptArguments
-    training_args: RobustDPOConfig
+    training_args: RobustDPOConfig | RobustRewardConfig
     model_args: ModelConfig
     dataset_args: DatasetMixtureConfig
     noise_args: LabelNoiseArguments
@@ -119,16 +137,23 @@ class DPOArguments:
 
 class _DPOParser(TrlParser):
     """TRL's parser; its help ends with the `accelerate launch` options, which it hands on without declaring them
-    (declared, they would come back from `parse_args_and_config` as one more namespace)."""
+    (declared, they would come back from `parse_args_and_config` as one more namespace). `command` names the
+    `trl-robust` command it parses for, in its messages."""
+
+    command = "dpo"
 
     def format_help(self) -> str:
         return super().format_help() + _launcher_help(self)
 
 
-def make_parser(prog: str = "trl-robust dpo") -> TrlParser:
-    """TRL's `trl dpo` parser, with `RobustDPOConfig` (so `--help` lists `ropo_alpha`, `sympo_reward_clip`)."""
+def make_parser(prog: str = "trl-robust dpo", command: str = "dpo") -> TrlParser:
+    """TRL's `trl dpo` (or `trl reward`) parser, with the robust config (so `--help` lists `ropo_alpha`,
+    `sympo_reward_clip`)."""
     # A short usage line: argparse's default would list several hundred options before every error message.
-    parser = _DPOParser(DATACLASS_TYPES, prog=prog, usage="%(prog)s [--config FILE.yaml] [--ARGUMENT VALUE ...]")
+    parser = _DPOParser(
+        dataclass_types(command), prog=prog, usage="%(prog)s [--config FILE.yaml] [--ARGUMENT VALUE ...]"
+    )
+    parser.command = command
     _describe_loss_types(parser)
     return parser
 
@@ -136,9 +161,15 @@ def make_parser(prog: str = "trl-robust dpo") -> TrlParser:
 def _describe_loss_types(parser: TrlParser) -> None:
     """`--loss_type`'s help is TRL's, which lists TRL's built-ins only; list every name `loss_type` accepts here,
     including those registered (`register_loss`) before the parser was made."""
+    (action,) = [action for action in parser._actions if action.dest == "loss_type"]
+    if parser.command == "reward":
+        action.help = (
+            f"Per-pair loss of the reward margin r_chosen − r_rejected (− margin): {', '.join(reward_loss_types())}. "
+            "`bradley_terry` is TRL's loss (the default)."
+        )
+        return
     ours = registered_loss_types()
     builtins = [name for name in available_loss_types() if name not in ours]
-    (action,) = [action for action in parser._actions if action.dest == "loss_type"]
     action.help = (
         f"Type of loss to use. trl-robust's: {', '.join(ours)}. TRL's built-ins: {', '.join(builtins)}. "
         "Several types are combined with the weights in `loss_weights`."
@@ -147,13 +178,24 @@ def _describe_loss_types(parser: TrlParser) -> None:
 
 def parse_dpo_args(argv: list[str], prog: str = "trl-robust dpo", check_output_dir: bool = True) -> DPOArguments:
     """Parse `trl-robust dpo` arguments as `trl dpo` does, raising `UsageError` on bad input. Loads no model.
+    (See `parse_command_args`.)"""
+    return parse_command_args(argv, "dpo", prog, check_output_dir)
+
+
+def parse_reward_args(argv: list[str], prog: str = "trl-robust reward", check_output_dir: bool = True) -> DPOArguments:
+    """Parse `trl-robust reward` arguments as `trl reward` does, with `RobustRewardConfig`; see `parse_command_args`."""
+    return parse_command_args(argv, "reward", prog, check_output_dir)
+
+
+def parse_command_args(argv: list[str], command: str, prog: str, check_output_dir: bool = True) -> DPOArguments:
+    """Parse `trl-robust COMMAND` arguments as `trl COMMAND` does, raising `UsageError` on bad input. Loads no model.
 
     `-h/--help` prints the help and exits, as in TRL. `check_output_dir=False` skips the non-empty `output_dir` check:
     for the ranks of a distributed run, which would see the directory another rank has begun to write.
     `resume_from_checkpoint` comes back as a complete checkpoint's path or None (`true` resolved, `false` dropped).
     """
     argv = _split_config_assignment(list(argv))
-    parser = make_parser(prog)
+    parser = make_parser(prog, command)
     config_path = _config_path(argv)
     config = _read_config_file(config_path) if config_path is not None else {}
     launcher = _launcher_options()
@@ -271,8 +313,8 @@ def _check_config_keys(config: dict, parser: TrlParser, launcher: dict, path: st
         canonical = sorted(key for key in valid if "-" not in key)  # suggest the underscore spelling
         problems = "; ".join(f"unknown key {key!r}{_suggestion(str(key), canonical)}" for key in unknown)
         raise UsageError(
-            f"{path}: {problems}. A key must be {_FIELD_OF}, an `accelerate launch` option, `accelerate_config` or "
-            "`env`; `trl-robust dpo --help` lists the fields."
+            f"{path}: {problems}. A key must be {_field_of(parser)}, an `accelerate launch` option, `accelerate_config` "
+            f"or `env`; `trl-robust {parser.command} --help` lists the fields."
         )
 
 
@@ -351,8 +393,8 @@ def _check_launch_args(launch_args: list[str], parser: TrlParser, launcher: dict
         names = [token.split("=", 1)[0] for token in unknown if token.startswith("-")] or unknown
         problems = "; ".join(f"unknown argument {name!r}{_suggestion(name, options)}" for name in names)
         raise UsageError(
-            f"{problems}. An argument must be {_FIELD_OF} or an `accelerate launch` option; "
-            "`trl-robust dpo --help` lists the fields."
+            f"{problems}. An argument must be {_field_of(parser)} or an `accelerate launch` option; "
+            f"`trl-robust {parser.command} --help` lists the fields."
         )
     if namespace.training_script != _SCRIPT_PLACEHOLDER:
         stray = namespace.training_script

@@ -1,0 +1,192 @@
+"""`RobustRewardConfig`: TRL's `RewardConfig` plus `loss_type` and the robust losses' hyperparameters, validated at
+construction."""
+
+import difflib
+import math
+import warnings
+from dataclasses import dataclass, field
+
+from trl import RewardConfig
+
+from ..registry import CDPO_EPSILON, ROPO_ALPHA, get_loss_spec, registered_loss_types
+
+# TRL's reward loss, −log σ(r_c − r_r [− margin]): the Bradley–Terry model's negative log-likelihood.
+BRADLEY_TERRY = "bradley_terry"
+DEFAULT_REWARD_CLIP = 10.0
+
+
+def reward_loss_types() -> list[str]:
+    """Every `loss_type` a reward model accepts: TRL's `bradley_terry`, then each registered per-pair loss.
+
+    A loss registered with `couples_batch=True` (Dr. DPO) is left out: it is one objective over a batch, not a loss of
+    each pair, and nothing in the reward-model setting asks for it.
+    """
+    return [BRADLEY_TERRY, *(name for name in registered_loss_types() if not get_loss_spec(name).couples_batch)]
+
+
+@dataclass
+class RobustRewardConfig(RewardConfig):
+    r"""
+    Configuration for [`RobustRewardTrainer`]: every field of TRL's `RewardConfig`, plus the following.
+
+    > Parameters that control the loss
+
+    loss_type (`str`, *optional*, defaults to `"bradley_terry"`):
+        The per-pair loss ℓ(z) of the reward margin z = r(x, y_chosen) − r(x, y_rejected) [− margin, where the dataset
+        has a `margin` column, as TRL does]. `"bradley_terry"` is TRL's own loss, −log σ(z), computed by TRL's code
+        unchanged. The others: `"sympo_sigmoid"`, `"sympo_ramp"`, `"sympo_unhinged"` (SymPO, Nishimori et al. 2025,
+        arXiv 2505.24709: symmetric losses, which keep the ranking of the true reward under label noise), `"ropo"`
+        (Liang et al., ICML 2025, arXiv 2404.04102), `"cdpo"` (label-smoothed Bradley–Terry), and any per-pair loss
+        added with `trl_robust.register_loss`. There is no β: the scale of z is the reward difference itself.
+        `center_rewards_coefficient` adds its term to every loss type, as in TRL.
+    ropo_alpha (`float`, *optional*, defaults to `14.0`):
+        α of the ROPO loss: weight of the symmetric σ(−z) term against the Bradley–Terry term. Must be > 0. The paper
+        uses 14 (ablation {6, 14, 30}).
+    sympo_reward_clip (`float` or `None`, *optional*, defaults to `10.0`):
+        Used by the `sympo_*` losses: each side's reward r is clamped to [−c, c] before the difference (as the SymPO
+        authors clamp each side's DPO reward; their reward-model experiments use no clip). Must be > 0; `None` disables
+        it (not allowed with `sympo_unhinged`, whose minimiser is an infinite margin without it).
+    label_smoothing (`float`, *optional*, defaults to `0.0`):
+        ε of `loss_type="cdpo"`, −(1 − ε)·log σ(z) − ε·log σ(−z): the assumed share of flipped labels, in [0, 0.5).
+        The same name as the DPO field cDPO reads; only `cdpo` uses it.
+    """
+
+    loss_type: str = field(
+        default=BRADLEY_TERRY,
+        metadata={
+            "help": "Per-pair loss of the reward margin z = r_chosen − r_rejected (− margin): `bradley_terry` (TRL's "
+            "−log σ(z), the default), `sympo_sigmoid`, `sympo_ramp`, `sympo_unhinged` (SymPO, arXiv 2505.24709: "
+            "symmetric losses, robust to flipped labels), `ropo` (arXiv 2404.04102), `cdpo` (label-smoothed "
+            "Bradley–Terry, ε = `label_smoothing`), or a loss added with `trl_robust.register_loss`."
+        },
+    )
+    ropo_alpha: float = field(
+        default=ROPO_ALPHA.default,
+        metadata={
+            "help": "α of the ROPO loss (Liang et al., ICML 2025, arXiv 2404.04102), used with `loss_type='ropo'`. "
+            "Must be > 0; the paper recommends 14 (ablation {6, 14, 30})."
+        },
+    )
+    # `str` too: the command line can only say "none" as text.
+    sympo_reward_clip: float | str | None = field(
+        default=DEFAULT_REWARD_CLIP,
+        metadata={
+            "help": "Reward clip c for the `sympo_*` losses (SymPO, arXiv 2505.24709): each side's reward is clamped to "
+            "[−c, c] before the chosen-minus-rejected difference. Must be > 0; `none` (YAML `null`) disables it "
+            "(not with `sympo_unhinged`)."
+        },
+    )
+    label_smoothing: float = field(
+        default=CDPO_EPSILON.default,
+        metadata={
+            "help": "ε of `loss_type='cdpo'`: −(1−ε)·log σ(z) − ε·log σ(−z), the assumed share of flipped labels, in "
+            "[0, 0.5). Only `cdpo` reads it."
+        },
+    )
+
+    def __post_init__(self):
+        self.sympo_reward_clip = parse_reward_clip(self.sympo_reward_clip)
+        validate_reward_args(self)
+        super().__post_init__()
+
+
+def parse_reward_clip(value):
+    """`sympo_reward_clip` as a number or None; the command line passes text ("none", "5")."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip().lower()
+    try:
+        return None if text in ("none", "null") else float(text)
+    except ValueError:
+        raise ValueError(f"`sympo_reward_clip` must be a positive number or none, got {value!r}.") from None
+
+
+def reward_hyperparameter(args, name: str):
+    """`args.<name>`, or what a plain `trl.RewardConfig` (which lacks it) is read as: `RobustRewardConfig`'s default,
+    else the registered `Hyperparameter`'s."""
+    if hasattr(args, name):
+        return getattr(args, name)
+    defaults = {"loss_type": BRADLEY_TERRY, "sympo_reward_clip": DEFAULT_REWARD_CLIP}
+    if name in defaults:
+        return defaults[name]
+    for spec_name in registered_loss_types():
+        for hyperparameter in get_loss_spec(spec_name).hyperparameters.values():
+            if hyperparameter.attribute == name and hyperparameter.has_default:
+                return hyperparameter.default
+    raise AttributeError(name)
+
+
+def unknown_reward_loss_error(name) -> ValueError:
+    valid = reward_loss_types()
+    spec = get_loss_spec(name) if isinstance(name, str) else None
+    if spec is not None and spec.couples_batch:
+        return ValueError(
+            f"loss_type {name!r} is one objective over a batch of DPO pairs, not a per-pair loss; it is not offered for "
+            f"reward models. Valid loss types for reward models: {', '.join(valid)}."
+        )
+    close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    if name == "sigmoid":  # DPO's name for the same log-loss
+        hint = " TRL's reward loss −log σ(z) is called 'bradley_terry' here."
+    return ValueError(f"Unknown loss_type {name!r} for a reward model.{hint} Valid loss types: {', '.join(valid)}.")
+
+
+def validate_reward_args(args) -> None:
+    """Check `loss_type` and the hyperparameters of a `RewardConfig`/`RobustRewardConfig`; raise or warn early.
+
+    Called by `RobustRewardConfig.__post_init__` and again by `RobustRewardTrainer` before any model is loaded (so a
+    plain `trl.RewardConfig`, read as `bradley_terry`, gets the same checks).
+    """
+    loss_type = reward_hyperparameter(args, "loss_type")
+    if not isinstance(loss_type, str):
+        raise ValueError(
+            f"`loss_type` of a reward model is one name, got {loss_type!r}; choose one of {', '.join(reward_loss_types())}."
+        )
+    if loss_type not in reward_loss_types():
+        raise unknown_reward_loss_error(loss_type)
+    spec = get_loss_spec(loss_type)
+
+    # The package's own fields are checked always (a bad value is a mistake even before it is used); a registered
+    # loss's hyperparameters when that loss is in use.
+    ROPO_ALPHA.validate(reward_hyperparameter(args, "ropo_alpha"))
+    epsilon = reward_hyperparameter(args, "label_smoothing")
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon):
+        raise ValueError(f"`label_smoothing` must be a finite number, got {epsilon!r}.")
+    for kwarg, hyperparameter in (spec.hyperparameters.items() if spec else ()):
+        if not hasattr(args, hyperparameter.attribute) and not hyperparameter.has_default:
+            raise ValueError(
+                f"Loss type {loss_type!r} takes `{kwarg}` from the config attribute `{hyperparameter.attribute}`, which "
+                f"{type(args).__name__} does not have. Add it by subclassing `trl_robust.RobustRewardConfig`, or "
+                "register the loss with a `Hyperparameter` that has a default."
+            )
+        hyperparameter.validate(reward_hyperparameter(args, hyperparameter.attribute))
+
+    clip = reward_hyperparameter(args, "sympo_reward_clip")
+    if clip is not None:
+        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip):
+            raise ValueError(f"`sympo_reward_clip` must be a finite number or None, got {clip!r}.")
+        if clip <= 0:
+            raise ValueError(
+                f"`sympo_reward_clip` must be > 0 (the SymPO authors use 10), got {clip}; set it to None to disable "
+                "reward clipping (`none` on the command line, `null` in YAML)."
+            )
+    if spec is not None and spec.requires_reward_clip and clip is None:
+        raise ValueError(
+            f"Loss type {loss_type!r} is unbounded below without SymPO's reward clip (its minimiser is an infinite "
+            "reward margin): set `sympo_reward_clip` to a positive number (the SymPO authors use 10) instead of None."
+        )
+
+    coefficient = getattr(args, "center_rewards_coefficient", None)
+    if coefficient is not None and (
+        isinstance(coefficient, bool) or not isinstance(coefficient, (int, float)) or not math.isfinite(coefficient)
+    ):
+        raise ValueError(f"`center_rewards_coefficient` must be a finite number or None, got {coefficient!r}.")
+
+    if epsilon != 0 and loss_type != "cdpo":
+        warnings.warn(
+            f"`label_smoothing={epsilon}` has no effect with loss_type {loss_type!r}: only 'cdpo' (label-smoothed "
+            "Bradley–Terry) reads it. Use loss_type 'cdpo' for it, or a symmetric loss such as 'sympo_sigmoid' for "
+            "noisy labels.",
+            UserWarning,
+            stacklevel=3,
+        )
