@@ -1,8 +1,10 @@
 """Overhead of the robust losses against stock TRL, measured side by side in one run.
 
 For each model size, stock `trl.DPOTrainer` with `loss_type="sigmoid"` and `RobustDPOTrainer` with `sigmoid`, `ropo`,
-`sympo_sigmoid`, `sympo_ramp` and `ropo` with ROPO's per-step filter (ρ 0.2, from the first step) train the same model
-on the same data. Every measurement runs in a fresh process
+`sympo_sigmoid`, `sympo_ramp`, `ropo` with ROPO's per-step filter (ρ 0.2, from the first step) and `ropo` with
+`ropo_filter_ratio: auto` (which records every margin and estimates the flip rate at each epoch's start) train the same
+model on the same data, over 3 epochs. For `auto` the estimator's own time per epoch is also reported as a share of an
+epoch's training time. Every measurement runs in a fresh process
 (so peak memory is that configuration's own), and the configurations are interleaved over several rounds so that
 drift in machine load hits all of them alike; the median over rounds is reported, as a ratio to stock TRL.
 
@@ -28,7 +30,9 @@ from transformers import HfArgumentParser  # noqa: E402
 # (trainer, loss_type, extra config fields)
 CONFIGS = [("stock TRL", "sigmoid", ()), ("trl-robust", "sigmoid", ()), ("trl-robust", "ropo", ()),
            ("trl-robust", "sympo_sigmoid", ()), ("trl-robust", "sympo_ramp", ()),
-           ("trl-robust", "ropo", (("ropo_filter_ratio", 0.2),))]
+           ("trl-robust", "ropo", (("ropo_filter_ratio", 0.2),)),
+           ("trl-robust", "ropo", (("ropo_filter_ratio", "auto"),))]
+EPOCHS = 3  # every run spans 3 epochs, so that `ropo_filter_ratio: auto` records, estimates and filters twice
 MODELS = {"tiny": dict(hidden_size=32, num_layers=2), "small": dict(hidden_size=512, num_layers=8)}
 
 
@@ -79,8 +83,21 @@ def measure(trainer_kind: str, loss_type: str, extra: tuple, model_path: str, st
         bf16=False,
         **dict(extra),
     )
-    dataset = Dataset.from_list(tiny_preference_records(n=batch_size * (steps + 3), seed=0))
+    dataset = Dataset.from_list(tiny_preference_records(n=batch_size * -(-(steps + 3) // EPOCHS), seed=0))
     trainer = trainer_cls(model=model_path, args=args, train_dataset=dataset, callbacks=[Clock()])
+    estimator_seconds = []
+    for callback in trainer.callback_handler.callbacks:
+        if hasattr(callback, "_decide_from_the_last_epoch"):  # `auto`: time the estimate and the choice of suspects
+            decide = callback._decide_from_the_last_epoch
+
+            def timed(*a, decide=decide, **k):
+                start = time.perf_counter()
+                try:
+                    return decide(*a, **k)
+                finally:
+                    estimator_seconds.append(time.perf_counter() - start)
+
+            callback._decide_from_the_last_epoch = timed
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
@@ -90,7 +107,10 @@ def measure(trainer_kind: str, loss_type: str, extra: tuple, model_path: str, st
         if torch.cuda.is_available()
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
-    return {"steps_per_second": (len(steady) - 1) / (steady[-1] - steady[0]), "peak_memory_mib": peak}
+    steps_per_second = (len(steady) - 1) / (steady[-1] - steady[0])
+    epoch_seconds = len(dataset) / batch_size / steps_per_second
+    estimator_share = statistics.fmean(estimator_seconds) / epoch_seconds if estimator_seconds else None
+    return {"steps_per_second": steps_per_second, "peak_memory_mib": peak, "estimator_share": estimator_share}
 
 
 def main(argv=None) -> None:
@@ -104,10 +124,13 @@ def main(argv=None) -> None:
         "# Overhead of the robust losses vs stock TRL",
         f"`python benchmarks/overhead.py{' --quick' if args.quick else ''}`: median of {rounds} interleaved rounds, "
         "each configuration in a fresh process, one CPU thread. Ratios are against stock `trl.DPOTrainer` with "
-        "`sigmoid` on the same model and data, measured in the same run (> 1 = faster / more memory).",
+        "`sigmoid` on the same model and data, measured in the same run (> 1 = faster / more memory). `estimator / "
+        "epoch`: for `ropo_filter_ratio: auto`, the time of each epoch's estimate and choice of suspects as a share of "
+        "the time of one training epoch (here an epoch is a third of the run's steps; it scales with the data, the "
+        "estimate hardly: the margins are binned).",
         "",
-        "| model | trainer | loss_type | steps/s | ratio | peak memory (MiB) | ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| model | trainer | loss_type | steps/s | ratio | peak memory (MiB) | ratio | estimator / epoch |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     context = multiprocessing.get_context("spawn")
     for name, shape in models.items():
@@ -124,10 +147,13 @@ def main(argv=None) -> None:
         for config in CONFIGS:
             speed = statistics.median(s["steps_per_second"] for s in samples[config])
             memory = statistics.median(s["peak_memory_mib"] for s in samples[config])
-            label = f"`{config[1]}`" + (" + filter (ρ 0.2, per step)" if config[2] else "")
+            ratio = dict(config[2]).get("ropo_filter_ratio")
+            label = f"`{config[1]}`" + {None: "", 0.2: " + filter (ρ 0.2, per step)", "auto": " + `ropo_filter_ratio: auto`"}[ratio]
+            shares = [s["estimator_share"] for s in samples[config] if s["estimator_share"] is not None]
+            share = f"{statistics.median(shares):.4f}" if shares else "–"
             lines.append(
                 f"| {name} ({n_params / 1e6:.2f}M) | {config[0]} | {label} | {speed:.2f} | {speed / base_speed:.3f} "
-                f"| {memory:.0f} | {memory / base_memory:.3f} |"
+                f"| {memory:.0f} | {memory / base_memory:.3f} | {share} |"
             )
     report = "\n".join(lines) + "\n"
     out = Path(args.output_dir)

@@ -21,8 +21,11 @@ def test_overhead_benchmark_reports_ratios_against_stock_trl(tmp_path):
     assert [row.split("|")[2:4] for row in rows] == [
         [" stock TRL ", " `sigmoid` "], [" trl-robust ", " `sigmoid` "], [" trl-robust ", " `ropo` "],
         [" trl-robust ", " `sympo_sigmoid` "], [" trl-robust ", " `sympo_ramp` "],
-        [" trl-robust ", " `ropo` + filter (ρ 0.2, per step) "],
+        [" trl-robust ", " `ropo` + filter (ρ 0.2, per step) "], [" trl-robust ", " `ropo` + `ropo_filter_ratio: auto` "],
     ]
+    # Only `auto` estimates: its estimator's time per epoch, as a share of an epoch, is a positive number.
+    shares = [row.split("|")[8].strip() for row in rows]
+    assert shares[:-1] == ["–"] * (len(rows) - 1) and float(shares[-1]) > 0
     cells = [[cell.strip() for cell in row.split("|")[4:8]] for row in rows]
     stock_speed, _, stock_memory, _ = map(float, cells[0])
     for speed, speed_ratio, memory, memory_ratio in (map(float, row) for row in cells):
