@@ -544,11 +544,15 @@ def test_top_level_help_lists_dpo_env_and_trl_commands(capsys):
 
 def test_demo_command_trains_prints_a_table_and_writes_a_plot(tmp_path):
     out = tmp_path / "demo"
-    result = run_command("trl-robust", "demo", "--epochs", "1", "--output_dir", str(out), tmp_path=tmp_path, timeout=300)
+    result = run_command("trl-robust", "demo", "--epochs", "2", "--seeds", "2", "--output_dir", str(out),
+                         tmp_path=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    for method in ("DPO", "ROPO", "SymPO-sigmoid"):
+    for method in ("DPO", "ROPO", "ROPO auto"):
         assert f"| {method} |" in result.stdout
-    assert "40% of the labels flipped" in result.stdout
+    assert "40% of the labels flipped, 2 seeds" in result.stdout
+    # The auto mode's estimate (made at the start of epoch 2) is shown next to the true rate.
+    (auto_row,) = [line for line in result.stdout.splitlines() if line.startswith("| ROPO auto |")]
+    assert "(true 40%)" in auto_row
     assert (out / "training_curves.png").stat().st_size > 10_000
     # Quiet: the grid's one progress bar, nothing from the workers' datasets, weights or third-party deprecations.
     output = result.stdout + result.stderr

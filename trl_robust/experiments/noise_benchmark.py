@@ -458,27 +458,51 @@ def plot(results: list[dict], path) -> None:
 
 
 def plot_training_curves(results: list[dict], path, title: str | None = None) -> None:
-    """Clean accuracy and true-reward gain over epochs, one line per run (the demo's plot), with the epoch at which DPO
-    would be early-stopped on the noisy validation split marked."""
+    """The demo's plot: clean accuracy over epochs per method — the mean over seeds with a band from the lowest to the
+    highest seed (a plain line for one seed) — with the epoch at which DPO would be early-stopped on the noisy
+    validation split marked (the median over seeds); and, where a method estimated the flip rate
+    (`ropo_filter_ratio: auto`), that estimate over epochs next to the true rate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
-    for result in results:
-        epochs = range(1, len(result["clean_accuracy"]) + 1)
-        label = f"{result['method']} ({result['flip_rate']:.0%} flips)"
-        axes[0].plot(epochs, [100 * a for a in result["clean_accuracy"]], marker=".", label=label)
-        axes[1].plot(epochs, result["reward_gain"], marker=".", label=label)
-    for result in (r for r in results if r["method"] == "DPO"):
-        stop = early_stop_epoch(result) + 1
-        label = f"DPO early-stopped: epoch {stop} (best noisy-validation accuracy)"
-        for ax in axes:
-            ax.axvline(stop, color="0.4", linestyle="--", linewidth=1, label=label)
+    methods = list(dict.fromkeys(r["method"] for r in results))
+    estimating = [m for m in methods if any(e is not None for r in results if r["method"] == m
+                                            for e in r.get("estimated_flip_rate", []))]
+    fig, axes = plt.subplots(1, 1 + bool(estimating), figsize=(5.5 * (1 + bool(estimating)), 4.4), squeeze=False)
+    axes = axes[0]
+
+    def band(ax, curves, label, scale=1.0, **style):
+        length = min(map(len, curves))
+        columns = [[scale * c[i] for c in curves if c[i] is not None] for i in range(length)]
+        epochs = [i + 1 for i, column in enumerate(columns) if column]
+        columns = [column for column in columns if column]
+        (line,) = ax.plot(epochs, [statistics.fmean(column) for column in columns], marker=".", label=label, **style)
+        if len(curves) > 1:
+            ax.fill_between(epochs, [min(c) for c in columns], [max(c) for c in columns], color=line.get_color(),
+                            alpha=0.2, linewidth=0)
+
+    for method in methods:
+        runs = [r for r in results if r["method"] == method]
+        band(axes[0], [r["clean_accuracy"] for r in runs], method, scale=100)
+    dpo = [r for r in results if r["method"] == "DPO"]
+    if dpo:
+        stop = statistics.median_low([early_stop_epoch(r) + 1 for r in dpo])
+        which = " (median over seeds)" if len(dpo) > 1 else ""
+        axes[0].axvline(stop, color="0.4", linestyle="--", linewidth=1, label=f"DPO early-stopped: epoch {stop}{which}")
     axes[0].set_ylabel("clean held-out preference accuracy (%)")
-    axes[1].set_ylabel("true-reward gain over the reference")
+    if estimating:
+        ax = axes[1]
+        for method in estimating:
+            band(ax, [r["estimated_flip_rate"] for r in results if r["method"] == method], f"{method}: estimated")
+        for rate in sorted({r["flip_rate"] for r in results}):
+            ax.axhline(rate, color="0.2", linestyle=":", linewidth=1.2, label=f"true flip rate {rate:.0%}")
+        ax.set_ylabel("flip rate (estimated at each epoch's start)")
+        ax.set_ylim(bottom=0)
+        ax.set_xlim(axes[0].get_xlim())
+        ax.legend(fontsize=8)
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
