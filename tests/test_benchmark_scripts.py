@@ -86,3 +86,40 @@ def test_the_auto_benchmark_compares_the_one_flag_with_dpo_and_the_oracle(tmp_pa
     (row,) = [line for line in report.splitlines() if line.startswith("| 40% | ") and "gap recovered" not in line
               and line.count("|") == 9]
     assert row.split("|")[6].strip() != "–"  # the oracle's accuracy is reported
+
+
+def test_the_reward_benchmark_compares_bradley_terry_with_the_symmetric_losses(tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "reward_noise.py"), "--quick", "--output_dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "reward_noise.jsonl").read_text().splitlines()]
+    losses = ("Bradley–Terry", "SymPO-sigmoid", "SymPO-ramp", "SymPO-unhinged")
+    assert sorted((r["method"], r["flip_rate"]) for r in records) == sorted((m, rate) for m in losses for rate in (0.0, 0.4))
+    for record in records:
+        # One value per epoch (2 in the quick mode) of each curve: the clean and noisy splits told apart.
+        assert len(record["clean_accuracy"]) == len(record["noisy_val_accuracy"]) == len(record["spearman"]) == 2
+        assert all(0 <= a <= 1 for a in record["clean_accuracy"] + record["noisy_val_accuracy"])
+        assert all(-1 <= rho <= 1 for rho in record["spearman"])
+    # The clean split has no flips and the noisy one 40%: their accuracies differ in some epoch of some noisy run.
+    noisy = [r for r in records if r["flip_rate"] == 0.4]
+    assert any(r["clean_accuracy"] != r["noisy_val_accuracy"] for r in noisy)
+    report = (tmp_path / "reward_noise.md").read_text()
+    assert "## 0% symmetric flips" in report and "## 40% symmetric flips" in report
+    rows = [line for line in report.splitlines() if line.startswith("| SymPO-sigmoid, last epoch |")]
+    assert len(rows) == 2
+    # The row's accuracy is that run's last-epoch clean accuracy, in points; the paired difference against BT early-stopped.
+    sympo = next(r for r in records if r["method"] == "SymPO-sigmoid" and r["flip_rate"] == 0.4)
+    bt = next(r for r in records if r["method"] == "Bradley–Terry" and r["flip_rate"] == 0.4)
+    stop = max(range(2), key=lambda i: (bt["noisy_val_accuracy"][i], -i))
+    cells = [cell.strip() for cell in rows[1].split("|")]
+    assert cells[2] == f"{100 * sympo['clean_accuracy'][-1]:.1f} ± 0.0"
+    assert cells[4] == f"{100 * (sympo['clean_accuracy'][-1] - bt['clean_accuracy'][stop]):+.1f} ± 0.0"
+    # Resumable: a second call reuses every result and only rewrites the report.
+    again = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "reward_noise.py"), "--quick", "--output_dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len((tmp_path / "reward_noise.jsonl").read_text().splitlines()) == len(records)

@@ -54,6 +54,7 @@ class ModelSource:
     value: Any  # a path / Hub id, or a loaded model
     is_adapter: bool  # a PEFT adapter (directory, Hub id or `PeftModel`)
     base: str | None = None  # the adapter's base model, read from adapter_config.json
+    is_reward_model: bool = False  # a one-label sequence classifier (what TRL's RewardTrainer saves): see `reward_model_kind`
 
     @property
     def is_loaded(self) -> bool:
@@ -79,7 +80,16 @@ def resolve_model(value, role: str) -> ModelSource:
 
         if not isinstance(value, torch.nn.Module):
             raise AuditInputError(f"{role} must be a path, a Hub id or a loaded model, got {type(value).__name__}")
-        return ModelSource(value, is_adapter=is_peft_model(value))
+        config = getattr(value, "config", None)
+        is_reward = is_reward_config(
+            [type(value).__name__], getattr(config, "num_labels", None), f"{role} (a loaded {type(value).__name__})"
+        )
+        if is_reward and is_peft_model(value):
+            raise AuditInputError(
+                f"{role} is a PEFT adapter of a sequence classifier (a reward model trained with LoRA); pass "
+                "`model.merge_and_unload()`"
+            )
+        return ModelSource(value, is_adapter=is_peft_model(value), is_reward_model=is_reward)
     name = os.path.expanduser(os.fspath(value))
     if os.path.isdir(name):
         adapter_config = os.path.join(name, "adapter_config.json")
@@ -90,6 +100,7 @@ def resolve_model(value, role: str) -> ModelSource:
                 raise AuditInputError(
                     f"{role} {name!r} is a PEFT adapter whose adapter_config.json names no base model"
                 )
+            check_not_reward_adapter(adapter_config, f"{role} {name!r}")
             if looks_like_local_path(base) and not os.path.isdir(os.path.expanduser(base)):
                 raise AuditInputError(
                     f"{role} {name!r} is a PEFT adapter on the base model {base!r}, which does not exist; load the "
@@ -100,7 +111,7 @@ def resolve_model(value, role: str) -> ModelSource:
             raise AuditInputError(
                 f"{role} {name!r} holds neither a model (config.json) nor a PEFT adapter (adapter_config.json)"
             )
-        return ModelSource(name, is_adapter=False)
+        return ModelSource(name, is_adapter=False, is_reward_model=reward_model_kind(os.path.join(name, "config.json"), role))
     if os.path.exists(name):
         raise AuditInputError(f"{role} {name!r} is a file; expected a model directory or a Hub id")
     if looks_like_local_path(name):
@@ -118,14 +129,61 @@ def resolve_model(value, role: str) -> ModelSource:
             f"{role} {name!r} is neither a local directory nor a reachable Hub repository: {error}"
         ) from None
     if adapter_config:
+        check_not_reward_adapter(adapter_config, f"{role} {name!r}")
         with open(adapter_config) as file:
             return ModelSource(name, is_adapter=True, base=json.load(file).get("base_model_name_or_path"))
-    return ModelSource(name, is_adapter=False)
+    config = cached_file(name, "config.json", _raise_exceptions_for_missing_entries=False,
+                         _raise_exceptions_for_connection_errors=False)
+    return ModelSource(name, is_adapter=False, is_reward_model=bool(config) and reward_model_kind(config, role))
+
+
+# Why the audit tells a reward model from a policy by its checkpoint, with no argument to say which: the two are
+# different kinds of model (TRL's RewardTrainer saves `<Arch>ForSequenceClassification` with one label; DPO saves a
+# causal LM), each can only be scored one way, so a flag could only repeat what the checkpoint says or contradict it.
+# A causal LM is always audited as a policy: TRL would give it a fresh, random reward head, whose ranking means nothing.
+def is_reward_config(architectures, num_labels, described: str) -> bool:
+    """True for a one-label sequence classifier (a reward model); an `AuditInputError` for one with several labels."""
+    if not any(str(name).endswith("ForSequenceClassification") for name in architectures or ()):
+        return False
+    if num_labels != 1:
+        raise AuditInputError(
+            f"{described} is a sequence classifier with {num_labels} labels; the audit ranks pairs by a reward model's "
+            "margin r(chosen) − r(rejected), which needs one output (num_labels=1, what TRL's RewardTrainer saves), or "
+            "by a DPO policy's implicit-reward margin (a causal LM)"
+        )
+    return True
+
+
+def reward_model_kind(config_path: str, role: str) -> bool:
+    """Whether the model whose config.json is at `config_path` is a reward model (read as JSON; nothing loaded)."""
+    with open(config_path) as file:
+        config = json.load(file)
+    # transformers saves `id2label` (one entry per label) and derives `num_labels` from it; 2 when neither is saved.
+    labels = config.get("id2label")
+    num_labels = len(labels) if isinstance(labels, dict) and labels else config.get("num_labels", 2)
+    return is_reward_config(config.get("architectures"), num_labels, f"{role} {os.path.dirname(config_path)!r}")
+
+
+def check_not_reward_adapter(adapter_config_path: str, described: str) -> None:
+    with open(adapter_config_path) as file:
+        task_type = json.load(file).get("task_type")
+    if task_type == "SEQ_CLS":
+        raise AuditInputError(
+            f"{described} is a PEFT adapter of a sequence classifier (task_type SEQ_CLS, e.g. a reward model trained "
+            "with LoRA); merge it into its base model (`merge_and_unload()` + `save_pretrained`) and audit that directory"
+        )
 
 
 def resolve_models(model, ref_model) -> tuple[ModelSource, ModelSource | None]:
     policy = resolve_model(model, "model")
     reference = None if ref_model is None else resolve_model(ref_model, "ref_model")
+    if policy.is_reward_model:
+        if reference is not None:
+            raise AuditInputError(
+                f"model {policy.describe()} is a reward model (a one-label sequence classifier): it scores each pair by "
+                "its own margin r(chosen) − r(rejected), with no reference; leave ref_model out (`--ref_model`)"
+            )
+        return policy, None
     if reference is None and not policy.is_adapter:
         raise AuditInputError(
             f"ref_model is required: the policy {policy.describe()} is a full model, and a model's "
@@ -276,14 +334,21 @@ def check_dataset(dataset, flip_column: str | None) -> list[bool] | None:
     return [bool(flag) for flag in flags]
 
 
-def check_loss_type(loss_type, loss_hyperparameters) -> None:
+def check_loss_type(loss_type, loss_hyperparameters, reward_model: bool = False) -> None:
+    """`loss_type` and its hyperparameters; for a reward model (`reward_model`), one of `reward_loss_types()`."""
     from ..registry import get_loss_spec, registered_loss_types
 
     if loss_hyperparameters and loss_type is None:
         raise AuditInputError("loss_hyperparameters were given without a loss_type")
-    if loss_type is None or loss_type == "sigmoid":  # sigmoid is the DPO loss, always reported
+    if loss_type is None or loss_type == ("bradley_terry" if reward_model else "sigmoid"):  # always reported
         return
     spec = get_loss_spec(loss_type)
+    if reward_model:
+        from ..reward.config import reward_loss_types, unknown_reward_loss_error
+
+        if loss_type not in reward_loss_types():
+            raise AuditInputError(f"{unknown_reward_loss_error(loss_type)} (The audit reports the Bradley–Terry loss "
+                                  "of a reward model always, and optionally one of these.)")
     if spec is None:
         raise AuditInputError(
             f"loss_type {loss_type!r} is not a loss type registered in trl_robust; the audit scores the DPO loss and "

@@ -23,39 +23,54 @@ def _fmt(value) -> str:
 
 def _noise_line(result: AuditResult) -> str:
     estimate = result.noise_estimate
+    model = "reward model" if result.model_kind == "reward" else "policy"
     if estimate is None:
         return "estimated flipped labels: none can be estimated (every margin is the same)"
     return (
         f"estimated flipped labels: {estimate.describe()}. From the margins alone, assuming labels were flipped "
-        "independently of the pair; the interval is the spread over resampled pairs given this policy, not its error. "
-        "A policy that fitted the flipped labels in training makes this an underestimate; `p_flipped` in audit.jsonl "
+        f"independently of the pair; the interval is the spread over resampled pairs given this {model}, not its error. "
+        f"A {model} that fitted the flipped labels in training makes this an underestimate; `p_flipped` in audit.jsonl "
         "is each pair's probability."
     )
 
 
 def summary(result: AuditResult, policy, reference, n_rows, max_length, flip_column) -> str:
+    reward = result.model_kind == "reward"
     z = np.array([pair["z"] for pair in result.pairs])
-    loss = np.array([pair["dpo_loss"] for pair in result.pairs])
+    loss = np.array([pair["bradley_terry_loss" if reward else "dpo_loss"] for pair in result.pairs])
     quantiles = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
-    reference_text = reference.describe() if reference is not None else "the base model with the adapter disabled"
+    processes = f"computed on {result.num_processes} process{'es' if result.num_processes > 1 else ''}"
     negative = int((z < 0).sum())
-    lines = [
-        "# Noisy-pair audit",
-        "",
-        f"- policy: {policy.describe()}",
-        f"- reference: {reference_text}",
-        f"- pairs: {n_rows}; β = {result.beta:g}; max_length = {max_length}; computed on {result.num_processes} "
-        f"process{'es' if result.num_processes > 1 else ''}",
-        f"- pairs with z < 0 (the policy prefers the rejected response): {negative} ({negative / n_rows:.1%})",
+    if reward:
+        lines = [
+            "# Noisy-pair audit",
+            "",
+            f"- reward model: {policy.describe()}",
+            f"- pairs: {n_rows}; max_length = {max_length}; {processes}",
+            f"- pairs with z < 0 (the reward model prefers the rejected response): {negative} ({negative / n_rows:.1%})",
+        ]
+        definition = "z = r(x, chosen) − r(x, rejected), the reward model's margin"
+    else:
+        reference_text = reference.describe() if reference is not None else "the base model with the adapter disabled"
+        lines = [
+            "# Noisy-pair audit",
+            "",
+            f"- policy: {policy.describe()}",
+            f"- reference: {reference_text}",
+            f"- pairs: {n_rows}; β = {result.beta:g}; max_length = {max_length}; {processes}",
+            f"- pairs with z < 0 (the policy prefers the rejected response): {negative} ({negative / n_rows:.1%})",
+        ]
+        definition = "z = β·[(log πθ − log πref)(chosen) − (log πθ − log πref)(rejected)]"
+    lines += [
         f"- {_noise_line(result)}",
         "",
-        "z = β·[(log πθ − log πref)(chosen) − (log πθ − log πref)(rejected)]; the lower z, the more suspicious "
-        "the label.",
+        f"{definition}; the lower z, the more suspicious the label.",
         "",
         "| quantile | " + " | ".join(f"{q:.0%}" for q in quantiles) + " |",
         "|---|" + "---|" * len(quantiles),
         "| z | " + " | ".join(_fmt(v) for v in np.quantile(z, quantiles)) + " |",
-        "| DPO loss −log σ(z) | " + " | ".join(_fmt(v) for v in np.quantile(loss, quantiles)) + " |",
+        f"| {'Bradley–Terry' if reward else 'DPO'} loss −log σ(z) | "
+        + " | ".join(_fmt(v) for v in np.quantile(loss, quantiles)) + " |",
     ]
     if result.loss_type:
         extra = np.array([pair[f"{result.loss_type}_loss"] for pair in result.pairs])
@@ -121,7 +136,10 @@ def plot_histogram(result: AuditResult, path: Path, flip_column: str | None) -> 
         ax.hist(z[~flipped], bins=bins, color="tab:blue", alpha=0.6, label=f"not flipped ({int((~flipped).sum())})")
         ax.hist(z[flipped], bins=bins, color="tab:red", alpha=0.6, label=f"flipped ({int(flipped.sum())})")
     ax.axvline(0.0, color="black", linewidth=1, linestyle="--")
-    ax.set_xlabel("z = β·Δ (implicit-reward margin; low = suspicious label)")
+    if result.model_kind == "reward":
+        ax.set_xlabel("z = r(chosen) − r(rejected) (reward margin; low = suspicious label)")
+    else:
+        ax.set_xlabel("z = β·Δ (implicit-reward margin; low = suspicious label)")
     ax.set_ylabel("pairs")
     title = "Noisy-pair audit"
     if result.auroc is not None:

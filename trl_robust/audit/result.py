@@ -21,7 +21,7 @@ class AuditResult:
             in the input dataset), ``z`` (β·Δ), ``dpo_loss`` (−log σ(z)), ``<loss_type>_loss`` if a registered
             `loss_type` was given, ``p_flipped`` (the noise estimate's probability that the label is flipped) when
             there is an estimate, and the flip-record column (``label_flipped``) if the dataset has one.
-        beta: the β used.
+        beta: the β used; None for a reward model (its margin z = r_chosen − r_rejected has none).
         loss_type: the registered loss type also scored, or None.
         auroc: with a flip record, the AUROC of the suspicion −z for the flipped pairs (1 = every flipped pair ranked
             above every clean one, 0.5 = chance); None without a flip record or if all or none are flipped.
@@ -34,10 +34,13 @@ class AuditResult:
         noise_estimate: the share of flipped labels estimated from the margins alone
             (`trl_robust.noise.estimate_noise`, ``symmetric_mixture``), or None where the margins cannot tell (all
             equal, e.g. a policy identical to its reference).
+        model_kind: ``"policy"`` (z = β·Δ of a DPO policy against its reference) or ``"reward"`` (z = r_chosen −
+            r_rejected of a reward model; then each pair has ``reward_chosen``, ``reward_rejected`` and
+            ``bradley_terry_loss`` (−log σ(z)) in place of ``dpo_loss``).
     """
 
     pairs: list[dict[str, Any]]
-    beta: float
+    beta: float | None
     loss_type: str | None = None
     auroc: float | None = None
     precision_at_k: dict[str, dict[str, float]] | None = None
@@ -46,6 +49,7 @@ class AuditResult:
     trl_metrics: dict[str, float] = field(default_factory=dict)
     num_processes: int = 1
     noise_estimate: Any = None  # a `trl_robust.noise.NoiseEstimate`
+    model_kind: str = "policy"
 
     def to_dataset(self):
         """The per-pair table as a `datasets.Dataset`, in rank order."""

@@ -151,7 +151,7 @@ def audit_preferences(
     dataset,
     *,
     ref_model=None,
-    beta: float = 0.1,
+    beta: float | None = None,
     batch_size: int = 8,
     max_length: int | None = None,
     loss_type: str | None = None,
@@ -169,17 +169,26 @@ def audit_preferences(
 
     Args:
         model: the trained policy: a model directory, a PEFT adapter directory, a Hub id, `builtin:tiny`, or a loaded model
-            (`PreTrainedModel` or `PeftModel`; used in place: moved to the device and put in eval mode).
+            (`PreTrainedModel` or `PeftModel`; used in place: moved to the device and put in eval mode). Or a reward
+            model — a one-label `...ForSequenceClassification` checkpoint, as TRL's `RewardTrainer` (and
+            `trl_robust.RewardTrainer`) saves it, told apart by its config: then each pair's margin is the reward
+            model's own, z = r(x, y_chosen) − r(x, y_rejected), computed through TRL's `RewardTrainer` evaluation
+            (its tokenisation: EOS appended, prompt prepended); there is no reference and no β, and the per-pair loss
+            column is `bradley_terry_loss` (−log σ(z)) instead of `dpo_loss`; each pair also gets `reward_chosen` and
+            `reward_rejected`.
         dataset: a preference `datasets.Dataset` (prompt/chosen/rejected, standard or conversational, or implicit
             prompt), checked with `trl_robust.data.check_preference_dataset` before any model is loaded.
         ref_model: the reference the policy was trained against (path or loaded model). Required for a full model;
             for a PEFT adapter, omitted means its base model (the adapter disabled).
-        beta: β of z = β·Δ; use the β the policy was trained with.
+        beta: β of z = β·Δ; use the β the policy was trained with. None = 0.1 (TRL's default). Refused for a reward
+            model, whose margin has no β.
         batch_size: pairs per device per forward pass.
         max_length: truncate prompt+completion to this many tokens as TRL does; None = no truncation (exact scores).
-            A row whose prompt alone fills `max_length` cannot be scored: an `AuditInputError` names such rows.
+            A row whose prompt alone fills `max_length` cannot be scored: an `AuditInputError` names such rows. (For a
+            reward model, TRL's RewardTrainer leaves out longer pairs instead of truncating: an error names them too.)
         loss_type: also report this registered loss (``ropo``, ``sympo_sigmoid``, ...) per pair, computed exactly as
-            in training (SymPO's reward clip included). Losses that couple the pairs of a batch are refused.
+            in training (SymPO's reward clip included). Losses that couple the pairs of a batch are refused. For a
+            reward model, one of `trl_robust.reward_loss_types()`, as `RobustRewardTrainer` computes it.
         loss_hyperparameters: config values for that loss, e.g. ``{"ropo_alpha": 6.0}``.
         output_dir: if given, write `audit.jsonl`, `audit.csv`, `summary.md` and `z_histogram.png` there. An existing
             non-empty directory is refused unless `overwrite` (then those four files are replaced, nothing else).
@@ -198,11 +207,24 @@ def audit_preferences(
         AuditInputError: bad settings, paths, dataset or output directory (before any model is loaded), or rows TRL
             would not score in full (after tokenisation).
     """
-    check_settings(beta, batch_size, max_length)
+    check_settings(DEFAULT_BETA if beta is None else beta, batch_size, max_length)
     check_output_dir(output_dir, overwrite)
-    check_loss_type(loss_type, loss_hyperparameters)
-    flipped = check_dataset(dataset, flip_column)
     policy, reference = resolve_models(model, ref_model)
+    check_loss_type(loss_type, loss_hyperparameters, reward_model=policy.is_reward_model)
+    flipped = check_dataset(dataset, flip_column)
+    if policy.is_reward_model:
+        if beta is not None:
+            raise AuditInputError(
+                f"beta={beta!r} was given, but model {policy.describe()} is a reward model: its margin "
+                "r(chosen) − r(rejected) has no β. Leave beta out (`--beta`)."
+            )
+        return _audit_reward_model(
+            policy, dataset, flipped, batch_size=batch_size, max_length=max_length, loss_type=loss_type,
+            loss_hyperparameters=loss_hyperparameters, output_dir=output_dir, flip_column=flip_column,
+            processing_class=processing_class, dtype=dtype, use_cpu=use_cpu, show_progress=show_progress,
+            dataset_num_proc=dataset_num_proc,
+        )
+    beta = DEFAULT_BETA if beta is None else beta
     check_beta(beta, policy)
     with tempfile.TemporaryDirectory(prefix="trl-robust-audit-") as trainer_dir:
         args = _audit_config(trainer_dir, beta, batch_size, max_length, loss_type, loss_hyperparameters, use_cpu,
@@ -237,22 +259,59 @@ def audit_preferences(
         del trainer
 
     z = beta * delta  # as TRL: `self.beta * delta_score`, in float32
-    dpo_loss = -F.logsigmoid(z)
+    loss_type = loss_type if loss_type not in (None, "sigmoid") else None
     noise = _estimate_noise(z)
-    loss_column = f"{loss_type}_loss" if loss_type not in (None, "sigmoid") else None
-    order = sorted(range(n_rows), key=lambda i: (z[i].item(), i))  # most suspicious first; ties by row
+    pairs = _ranked_pairs(z, {"dpo_loss": -F.logsigmoid(z)}, loss_type, extra, noise, flipped, flip_column)
+    result = AuditResult(pairs=pairs, beta=float(beta), loss_type=loss_type, trl_metrics=trl_metrics,
+                         num_processes=num_processes, noise_estimate=noise)
+    return _finish(result, z, flipped, flip_column, output_dir, policy, reference, n_rows, max_length, is_main,
+                   accelerator)
+
+
+def _audit_reward_model(policy, dataset, flipped, *, batch_size, max_length, loss_type, loss_hyperparameters, output_dir,
+                        flip_column, processing_class, dtype, use_cpu, show_progress, dataset_num_proc) -> AuditResult:
+    """`audit_preferences` for a reward model: z = r_chosen − r_rejected (see `trl_robust.audit.reward`)."""
+    from .reward import score_with_reward_model
+
+    loss_type = loss_type if loss_type not in (None, "bradley_terry") else None
+    n_rows = len(dataset)
+    indexed = dataset.add_column(ROW_COLUMN, np.arange(n_rows, dtype=np.int64))
+    with tempfile.TemporaryDirectory(prefix="trl-robust-audit-") as trainer_dir:
+        chosen, rejected, extra, trl_metrics, accelerator = score_with_reward_model(
+            policy, indexed, batch_size=batch_size, max_length=max_length, loss_type=loss_type,
+            loss_hyperparameters=loss_hyperparameters, processing_class=processing_class, dtype=dtype, use_cpu=use_cpu,
+            show_progress=show_progress, dataset_num_proc=dataset_num_proc, trainer_dir=trainer_dir,
+        )
+    z = chosen - rejected  # the reward model's margin, as TRL's `margin` metric (without the dataset's margin column)
+    columns = {"reward_chosen": chosen, "reward_rejected": rejected, "bradley_terry_loss": -F.logsigmoid(z)}
+    noise = _estimate_noise(z)
+    pairs = _ranked_pairs(z, columns, loss_type, extra, noise, flipped, flip_column)
+    result = AuditResult(pairs=pairs, beta=None, loss_type=loss_type, trl_metrics=trl_metrics,
+                         num_processes=accelerator.num_processes, noise_estimate=noise, model_kind="reward")
+    return _finish(result, z, flipped, flip_column, output_dir, policy, None, n_rows, max_length,
+                   accelerator.is_main_process, accelerator)
+
+
+def _ranked_pairs(z, columns, loss_type, extra, noise, flipped, flip_column) -> list[dict]:
+    """One dict per row, most suspicious (lowest z) first: rank, row, z, the per-pair `columns`, the registered loss,
+    p_flipped and the flip record where there are."""
+    order = sorted(range(len(z)), key=lambda i: (z[i].item(), i))  # most suspicious first; ties by row
     pairs = []
     for rank, i in enumerate(order, start=1):
-        pair = {"rank": rank, "row": i, "z": z[i].item(), "dpo_loss": dpo_loss[i].item()}
-        if loss_column:
-            pair[loss_column] = extra[i].item()
+        pair = {"rank": rank, "row": i, "z": z[i].item(), **{name: values[i].item() for name, values in columns.items()}}
+        if loss_type:
+            pair[f"{loss_type}_loss"] = extra[i].item()
         if noise is not None:
             pair["p_flipped"] = float(noise.p_flipped[i])
         if flipped is not None:
             pair[flip_column] = flipped[i]
         pairs.append(pair)
-    result = AuditResult(pairs=pairs, beta=float(beta), loss_type=loss_column and loss_type,
-                         trl_metrics=trl_metrics, num_processes=num_processes, noise_estimate=noise)
+    return pairs
+
+
+def _finish(result, z, flipped, flip_column, output_dir, policy, reference, n_rows, max_length, is_main, accelerator):
+    """The metrics against the flip record, the summary and the files: the same for a policy and a reward model."""
+    num_processes = result.num_processes
     if flipped is not None:
         result.auroc, result.precision_at_k = flip_metrics(z.tolist(), flipped)
     if output_dir is not None:
@@ -265,6 +324,9 @@ def audit_preferences(
     if num_processes > 1:
         accelerator.wait_for_everyone()
     return result
+
+
+DEFAULT_BETA = 0.1  # TRL's DPOConfig default
 
 
 def _estimate_noise(z: torch.Tensor):

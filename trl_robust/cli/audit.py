@@ -22,7 +22,10 @@ class AuditArguments:
     """Arguments of `trl-robust audit` (and `accelerate launch -m trl_robust.scripts.audit`)."""
 
     model_name_or_path: str = field(
-        metadata={"help": "The trained policy: a model directory, a PEFT adapter directory, or a Hub id."}
+        metadata={"help": "The trained policy: a model directory, a PEFT adapter directory, or a Hub id. Or a reward "
+                  "model (a one-label ...ForSequenceClassification checkpoint, as `trl reward` / `trl-robust reward` "
+                  "save it, recognised by its config): pairs are then ranked by its margin r(chosen) − r(rejected), "
+                  "with no --ref_model and no --beta."}
     )
     dataset_name: str = field(
         metadata={"help": "The preference data, as TRL's `--dataset_name`: a local directory or file, a Hub id, a "
@@ -36,13 +39,18 @@ class AuditArguments:
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name (Hub datasets)."})
     dataset_train_split: str = field(default="train", metadata={"help": "The split to audit."})
-    beta: float = field(default=0.1, metadata={"help": "β of z = β·Δ: the β the policy was trained with."})
+    beta: float | None = field(
+        default=None,
+        metadata={"help": "β of z = β·Δ: the β the policy was trained with (default 0.1). Not for a reward model."},
+    )
     per_device_eval_batch_size: int = field(default=8, metadata={"help": "Pairs per device per forward pass."})
     max_length: int | None = field(
         default=None, metadata={"help": "Truncate prompt+completion to this many tokens, as TRL does. Default: none."}
     )
     loss_type: str | None = field(
-        default=None, metadata={"help": "Also report this registered loss per pair (ropo, sympo_sigmoid, ...)."}
+        default=None,
+        metadata={"help": "Also report this registered loss per pair (ropo, sympo_sigmoid, ...); for a reward model, "
+                  "one of its loss types, as `trl-robust reward` trains with it."},
     )
     flip_column: str = field(
         default=DEFAULT_FLIP_COLUMN,
@@ -118,20 +126,23 @@ def run_audit_command(args: AuditArguments, noise=None) -> AuditResult:
     from ..builtin import materialise_builtins
 
     # Cheap checks first, before the dataset is downloaded or read.
-    check_settings(args.beta, args.per_device_eval_batch_size, args.max_length)
+    check_settings(0.1 if args.beta is None else args.beta, args.per_device_eval_batch_size, args.max_length)
     if not 0 <= args.clean_share < 1:
         raise AuditInputError(f"--clean_share must be in [0, 1) (the share of pairs to clean), got {args.clean_share}")
     check_output_dir(args.output_dir, args.overwrite_output_dir)
     hyperparameters = {
         name: getattr(args, name) for name in _loss_flags() if getattr(args, name, None) is not None
     }
-    check_loss_type(args.loss_type, hyperparameters)
     # `builtin:` names -> local paths (built once into the cache; safe when several ranks race), models first.
     for attribute in ("model_name_or_path", "ref_model"):
         holder = SimpleNamespace(model_name_or_path=getattr(args, attribute), dataset_name=None)
         materialise_builtins(holder, holder)
         setattr(args, attribute, holder.model_name_or_path)
-    resolve_models(args.model_name_or_path, args.ref_model)
+    policy, _ = resolve_models(args.model_name_or_path, args.ref_model)
+    check_loss_type(args.loss_type, hyperparameters, reward_model=policy.is_reward_model)
+    if policy.is_reward_model and args.beta is not None:
+        raise AuditInputError(f"--beta was given, but {args.model_name_or_path!r} is a reward model: its margin "
+                              "r(chosen) − r(rejected) has no β. Leave --beta out.")
     holder = SimpleNamespace(model_name_or_path=None, dataset_name=args.dataset_name)
     materialise_builtins(holder, holder)
     args.dataset_name = holder.dataset_name

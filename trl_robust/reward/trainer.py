@@ -96,6 +96,13 @@ class RobustRewardTrainer(RewardTrainer):
 
     def _registered_loss(self, rewards_chosen, rewards_rejected, margin) -> torch.Tensor:
         """Mean over the pairs of ℓ(z), z = r_c − r_r (− margin), each reward clipped first where the loss asks."""
+        loss_fn, z, clipped = self._loss_margin(rewards_chosen, rewards_rejected, margin)
+        self._log_loss_metrics(loss_fn, z.detach(), clipped)
+        return loss_fn(z).mean()
+
+    def _loss_margin(self, rewards_chosen, rewards_rejected, margin):
+        """(ℓ with its hyperparameters bound, the margin z it is applied to, which pairs were clipped or None): what the
+        loss of each pair is computed from, as training computes it (the audit reports `loss_fn(z)` per pair)."""
         spec = self._reward_spec
         hyperparameters = {kw: reward_hyperparameter(self.args, h.attribute) for kw, h in spec.hyperparameters.items()}
         loss_fn = functools.partial(spec.fn, **hyperparameters)
@@ -113,8 +120,7 @@ class RobustRewardTrainer(RewardTrainer):
         if clip is not None:
             # clamp maps ±inf to ±c and would hide a diverged reward; keep it NaN, as TRL's own loss would be.
             z = torch.where(finite, z, torch.full_like(z, float("nan")))
-        self._log_loss_metrics(loss_fn, z.detach(), clipped)
-        return loss_fn(z).mean()
+        return loss_fn, z, clipped
 
     def _log_loss_metrics(self, loss_fn, z, clipped) -> None:
         """How the loss weighs the pairs of the global batch (gathered over processes); one host transfer."""

@@ -1,0 +1,260 @@
+"""Do the symmetric losses make a better reward model under label noise? Bradley–Terry against SymPO's three losses.
+
+On the synthetic task of `trl_robust.experiments` (a known true reward, `synthetic.RewardModel`), a reward model is the
+task's reference causal LM with TRL's fresh one-output classification head (as `RobustRewardTrainer` loads any causal LM
+path), trained with `loss_type` bradley_terry, sympo_sigmoid, sympo_ramp and sympo_unhinged on the same noisy pairs, with
+the same initialisation and optimiser (paired by seed). Per epoch:
+- clean held-out pairwise accuracy: TRL's reward `accuracy` on a clean test split;
+- the same on a *noisy* validation split (what a user without clean labels can early-stop on);
+- Spearman's rank correlation of the reward model's score with the true reward, over held-out (prompt, response)
+  samples (both responses of each clean test pair): the ranking SymPO's theory says a symmetric loss keeps.
+Reported: Bradley–Terry early-stopped on the noisy validation split and at its last epoch, each symmetric loss at its last
+epoch (mean ± std over seeds), and the paired differences by seed. Cells: symmetric flips at 0, 20, 40%, and 20% from an
+annotator who prefers the longer response (`prefer_longer`).
+
+    python benchmarks/reward_noise.py                 # 10 seeds (not yet measured; expect tens of minutes on 2 cores)
+    python benchmarks/reward_noise.py --seeds 3       # a smaller look
+    python benchmarks/reward_noise.py --report_only   # the tables again from the results file
+    python benchmarks/reward_noise.py --quick --output_dir /tmp/rm   # smoke run: 1 seed, 0% and 40%, 2 epochs
+
+Results (`<output_dir>/reward_noise.jsonl`) are appended run by run and reused: an interrupted run continues where it
+stopped. Writes `<output_dir>/reward_noise.md`.
+"""
+
+import json
+import math
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from transformers import HfArgumentParser  # noqa: E402
+
+from trl_robust.experiments import noise_benchmark as nb  # noqa: E402
+
+BT = "Bradley–Terry"
+METHODS = {BT: "bradley_terry", "SymPO-sigmoid": "sympo_sigmoid", "SymPO-ramp": "sympo_ramp",
+           "SymPO-unhinged": "sympo_unhinged"}
+CELLS = (("symmetric", 0.0), ("symmetric", 0.2), ("symmetric", 0.4), ("prefer_longer", 0.2))
+# The task of the DPO benchmark, trained as a reward model: 10 epochs at a constant lr 3e-3 (not tuned for either loss).
+SETTING = replace(nb.Setting(), epochs=10, learning_rate=3e-3, reward_gain_every_epoch=False)
+QUICK = replace(SETTING, n_train=200, n_validation=60, n_test=60, n_reward_prompts=20, epochs=2)
+QUICK_CELLS = (("symmetric", 0.0), ("symmetric", 0.4))
+
+
+@dataclass
+class Arguments:
+    output_dir: str = field(default="benchmarks/results", metadata={"help": "Where the results and the report go."})
+    seeds: int = field(default=10, metadata={"help": "Seeds per cell (paired across the losses)."})
+    workers: int = field(default=0, metadata={"help": "Parallel runs (one CPU thread each); 0 = min(2, CPU count)."})
+    report_only: bool = field(default=False, metadata={"help": "Only rewrite the report from the results file."})
+    quick: bool = field(default=False, metadata={"help": "Smoke run: a 200-pair task, 2 epochs, 0% and 40%, 1 seed."})
+
+
+@dataclass(frozen=True)
+class RewardJob:
+    method: str
+    noise: str
+    flip_rate: float
+    seed: int
+    setting: nb.Setting = SETTING
+
+
+def key(result: dict) -> tuple:
+    return (result["setting"]["n_train"], result["setting"]["epochs"], result["method"], result["noise"],
+            result["flip_rate"], result["seed"])
+
+
+def job_key(job: RewardJob) -> tuple:
+    return (job.setting.n_train, job.setting.epochs, job.method, job.noise, job.flip_rate, job.seed)
+
+
+def spearman(scores, truth) -> float:
+    """Spearman's ρ: Pearson's correlation of the average ranks (ties share their rank)."""
+    import numpy as np
+
+    from trl_robust.audit import average_ranks
+
+    a, b = average_ranks(scores), average_ranks(truth)
+    a, b = a - a.mean(), b - b.mean()
+    denominator = math.sqrt(float((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denominator) if denominator else math.nan
+
+
+def run_reward_job(job: RewardJob, root) -> dict:
+    """Train one reward model on one noisy copy of the task; return its per-epoch curves."""
+    import torch
+    from datasets import Dataset
+    from transformers import PrinterCallback, TrainerCallback
+
+    from trl_robust import RobustRewardConfig, RobustRewardTrainer
+    from trl_robust.data import flip_preferences
+    from trl_robust.experiments.synthetic import RewardModel
+
+    torch.set_num_threads(1)
+    setting = job.setting
+    directory = nb.task_dir(root, job.seed, setting)
+    data = json.loads((directory / "pairs.json").read_text())
+    true_reward = RewardModel.from_seed(job.seed, setting.reward)
+    # The same flips as the DPO benchmark's for this seed, rate and mode.
+    train = nb.noisy_train_split(root, nb.Job("DPO", job.noise, job.flip_rate, job.seed, setting))
+    validation = flip_preferences(Dataset.from_list(data["validation"]), job.flip_rate, seed=job.seed + 1000,
+                                  mode=job.noise).remove_columns("label_flipped")
+    test = Dataset.from_list(data["test"])
+    samples = [(pair["prompt"], pair[side]) for pair in data["test"] for side in ("chosen", "rejected")]
+    truth = [true_reward(prompt, response.strip()) for prompt, response in samples]
+    correlations = []
+
+    class RankCorrelation(TrainerCallback):
+        """Spearman's ρ of the model's score and the true reward on the held-out samples, after every epoch."""
+
+        def on_epoch_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+            tokenizer = processing_class
+            texts = [prompt + response + tokenizer.eos_token for prompt, response in samples]  # as TRL tokenises
+            model.eval()
+            scores = []
+            with torch.no_grad():
+                for start in range(0, len(texts), 128):
+                    batch = tokenizer(texts[start : start + 128], return_tensors="pt", padding=True)
+                    scores += model(**batch).logits[:, 0].float().tolist()
+            model.train()
+            correlations.append(spearman(scores, truth))
+
+    args = RobustRewardConfig(
+        output_dir=str(Path(root) / "runs" / f"{job.method}-{job.noise}-{job.flip_rate}-{job.seed}"),
+        loss_type=METHODS[job.method], learning_rate=setting.learning_rate, lr_scheduler_type="constant",
+        num_train_epochs=setting.epochs, per_device_train_batch_size=setting.batch_size, per_device_eval_batch_size=150,
+        eval_strategy="epoch", logging_strategy="epoch", save_strategy="no", report_to="none", use_cpu=True, bf16=False,
+        gradient_checkpointing=False, disable_tqdm=True, seed=job.seed, data_seed=job.seed,
+    )
+    trainer = RobustRewardTrainer(
+        model=str(directory / "reference"), args=args, train_dataset=train,
+        eval_dataset={"clean": test, "noisy_val": validation}, callbacks=[RankCorrelation()],
+    )
+    trainer.remove_callback(PrinterCallback)
+    start = time.perf_counter()
+    trainer.train()
+    history = trainer.state.log_history
+    # TRL's eval metrics carry no split name: each split's entry is told apart by Trainer's `eval_<split>_loss`.
+    return {
+        **asdict(job),
+        "clean_accuracy": [e["eval_accuracy"] for e in history if "eval_clean_loss" in e],
+        "noisy_val_accuracy": [e["eval_accuracy"] for e in history if "eval_noisy_val_loss" in e],
+        "spearman": correlations,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _run_star(arguments):
+    return run_reward_job(*arguments)
+
+
+def run_grid(jobs: list[RewardJob], root, workers: int, results_file) -> list[dict]:
+    """`nb.run_grid` for reward jobs: tasks built first, spawned workers with one thread each, results appended."""
+    nb.quiet_libraries()
+    for seed, setting in dict.fromkeys((j.seed, j.setting) for j in jobs):
+        nb.build_task(root, seed, setting)
+    results = []
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=nb.quiet_libraries) as pool:
+        for result in pool.imap_unordered(_run_star, [(job, root) for job in jobs]):
+            results.append(result)
+            with open(results_file, "a") as file:
+                file.write(json.dumps(result) + "\n")
+            print(f"{result['method']} {result['noise']} {result['flip_rate']} seed {result['seed']}: "
+                  f"{result['seconds']:.0f}s", flush=True)
+    return results
+
+
+# ---- the report ---------------------------------------------------------------------------------------------------
+
+
+def outcomes(result: dict) -> dict:
+    """Accuracy and ρ at the last epoch and at the epoch with the best noisy validation accuracy (first on ties)."""
+    stop = nb.early_stop_epoch(result)
+    return {"last": (result["clean_accuracy"][-1], result["spearman"][-1]),
+            "early": (result["clean_accuracy"][stop], result["spearman"][stop])}
+
+
+def ms(values, scale=1.0, digits=3, sign="") -> str:
+    if not values:
+        return "–"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values) * scale:{sign}.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def report(results: list[dict], command: str, minutes: float | None) -> str:
+    runs = {(r["method"], r["noise"], r["flip_rate"], r["seed"]): outcomes(r) for r in results}
+    seeds = sorted({r["seed"] for r in results})
+    cells = sorted({(r["noise"], r["flip_rate"]) for r in results}, key=lambda c: (c[0] != "symmetric", c))
+    setting = results[0]["setting"] if results else asdict(SETTING)
+    lines = [
+        "# Robust reward models under label noise: Bradley–Terry vs SymPO's symmetric losses",
+        "",
+        f"`{command}` — {len(results)} runs" + (f" in {minutes:.1f} min" if minutes else "") + f"; seeds {len(seeds)}. "
+        f"Task: {setting['n_train']} pairs, reward `{setting['reward']}`, {setting['epochs']} epochs, constant lr "
+        f"{setting['learning_rate']}, batch {setting['batch_size']}; the reward model is the task's reference LM with a "
+        "fresh one-output head. Accuracy: TRL's reward `accuracy` on a clean held-out split (points). ρ: Spearman's rank "
+        "correlation of the score with the true reward on held-out (prompt, response) samples. Bradley–Terry "
+        "early-stopped = at its epoch with the best accuracy on a *noisy* validation split.",
+    ]
+    rows = [(f"{BT}, early-stopped", BT, "early"), (f"{BT}, last epoch", BT, "last")]
+    rows += [(f"{m}, last epoch", m, "last") for m in METHODS if m != BT]
+    for noise, rate in cells:
+        label = f"{rate:.0%} " + ("symmetric" if noise == "symmetric" else "prefer_longer")
+        lines += ["", f"## {label} flips", "",
+                  "| method | clean accuracy | ρ with the true reward | − BT early-stopped (acc., paired) | "
+                  "− BT early-stopped (ρ, paired) | − BT last (acc., paired) |",
+                  "|---|---|---|---|---|---|"]
+        for name, method, when in rows:
+            mine = [s for s in seeds if (method, noise, rate, s) in runs]
+            if not mine:
+                continue
+            accuracy = [runs[(method, noise, rate, s)][when][0] for s in mine]
+            rho = [runs[(method, noise, rate, s)][when][1] for s in mine]
+            paired = [s for s in mine if (BT, noise, rate, s) in runs]
+            d_acc = [runs[(method, noise, rate, s)][when][0] - runs[(BT, noise, rate, s)]["early"][0] for s in paired]
+            d_rho = [runs[(method, noise, rate, s)][when][1] - runs[(BT, noise, rate, s)]["early"][1] for s in paired]
+            d_last = [runs[(method, noise, rate, s)][when][0] - runs[(BT, noise, rate, s)]["last"][0] for s in paired]
+            is_bt = method == BT
+            lines.append(
+                f"| {name} | {ms(accuracy, 100, 1)} | {ms(rho)} | "
+                + ("–" if is_bt and when == "early" else ms(d_acc, 100, 1, "+")) + " | "
+                + ("–" if is_bt and when == "early" else ms(d_rho, 1, 3, "+")) + " | "
+                + ("–" if is_bt and when == "last" else ms(d_last, 100, 1, "+")) + " |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    (args,) = HfArgumentParser(Arguments).parse_args_into_dataclasses(argv)
+    if args.seeds < 1:
+        raise SystemExit(f"--seeds must be at least 1, got {args.seeds}")
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results_file = out / "reward_noise.jsonl"
+    done = [json.loads(line) for line in results_file.read_text().splitlines()] if results_file.exists() else []
+    start = time.perf_counter()
+    if not args.report_only:
+        setting, cells, seeds = (QUICK, QUICK_CELLS, [0]) if args.quick else (SETTING, CELLS, range(args.seeds))
+        seen = {key(r) for r in done}
+        # Seed by seed, so that an interrupted run has complete, paired seeds.
+        jobs = [RewardJob(m, noise, rate, seed, setting) for seed in seeds for noise, rate in cells for m in METHODS]
+        jobs = [j for j in jobs if job_key(j) not in seen]
+        if jobs:
+            done += run_grid(jobs, out / "work", workers=args.workers or nb.cpu_workers(), results_file=results_file)
+    minutes = (time.perf_counter() - start) / 60 if not args.report_only else None
+    command = "python benchmarks/reward_noise.py" + (" --quick" if args.quick else "")
+    command += f" --seeds {args.seeds}" if args.seeds != 10 and not args.quick else ""
+    text = report(done, command, minutes)
+    (out / "reward_noise.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
