@@ -42,6 +42,9 @@ TASKS = {name: replace(setting, reward_gain_every_epoch=False)
 SYMMETRIC = (0.0, 0.1, 0.2, 0.3, 0.4)
 BASELINE_RATES = (0.0, 0.2, 0.4)  # where DPO and the oracle run (and the biased 20%)
 BIAS_RATE = 0.2
+# Variants of the auto mode, run at 20% and 40% with `--variants` (fewer seeds): its sensitivity to its choices.
+VARIANTS = ("ROPO auto (correct)", "ROPO auto (2-epoch warm-up)")
+VARIANT_RATES = (0.2, 0.4)
 # The issue's targets: share of early-stopped DPO's clean-vs-noisy gap that the one flag recovers, by flip rate.
 GAP_TARGETS = {0.2: 0.5, 0.4: 0.3}
 
@@ -54,6 +57,8 @@ class Arguments:
     workers: int = field(default=0, metadata={"help": "Parallel runs (one CPU thread each); 0 = min(2, CPU count)."})
     report_only: bool = field(default=False, metadata={"help": "Only rewrite the report from the results file."})
     quick: bool = field(default=False, metadata={"help": "Smoke run: a 300-pair first task, 3 epochs, 0% and 40%, 1 seed."})
+    variants: int = field(default=0, metadata={"help": "Also run the auto mode's variants at 20% and 40% on this many "
+                                                        "seeds (their sensitivity section)."})
 
 
 QUICK = replace(TASKS["first"], n_train=300, n_validation=100, n_test=100, n_reward_prompts=100, epochs=3)
@@ -80,9 +85,10 @@ def job_key(job: nb.Job) -> tuple:
 
 
 def spread(values: list[float]) -> str:
-    mean = statistics.fmean(values)
+    if not values:
+        return "–"
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:+.1f} ± {std:.1f}" if values else "–"
+    return f"{statistics.fmean(values):+.1f} ± {std:.1f}"
 
 
 def estimate_of(result: dict) -> tuple[float | None, float | None]:
@@ -128,6 +134,14 @@ def task_report(results: list[dict], name: str, setting: nb.Setting) -> str:
 
         lines.append(f"| {label(noise, rate)} | {ms(means)} | {ms(lasts)} | {within}/{len(means)} | {ms(filtered)} | "
                      f"{ms(precision)} |")
+    clean = [e for s in seeds if (AUTO, "symmetric", 0.0, s) in runs
+             for e in runs[(AUTO, "symmetric", 0.0, s)]["estimated_flip_rate"] if e is not None]
+    lowest = [e for s in seeds if (AUTO, "symmetric", 0.1, s) in runs
+              for e in runs[(AUTO, "symmetric", 0.1, s)]["estimated_flip_rate"][2:] if e is not None]
+    if clean and lowest:
+        lines += ["", f"The floor ({auto.FLOOR}): every estimate at 0% flips was at most {max(clean):.3f}, every one at "
+                      f"10% from epoch 3 on at least {min(lowest):.3f}; a floor anywhere between the two takes the same "
+                      "decisions on this task" + ("." if max(clean) < min(lowest) else " (they overlap: it cannot)."),]
     lines += [
         "",
         "### Quality: clean held-out accuracy (points), the one flag at its last epoch vs DPO early-stopped",
@@ -173,6 +187,35 @@ def task_report(results: list[dict], name: str, setting: nb.Setting) -> str:
     return "\n".join(lines)
 
 
+def sensitivity_report(results: list[dict], tasks: dict) -> str:
+    """The variants against the auto mode and against DPO early-stopped, paired by seed (points of clean accuracy)."""
+    lines = [
+        "## Sensitivity of the auto mode",
+        "",
+        "Last-epoch clean accuracy of each variant minus the auto mode's (and minus DPO early-stopped), paired by seed, "
+        "mean ± std; ε̂ = the variant's mean estimate from epoch 3 on.",
+        "",
+        "| task | flips | variant | seeds | − ROPO auto | − DPO early-stopped | ε̂ |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, setting in tasks.items():
+        runs = {(r["method"], r["flip_rate"], r["seed"]): r for r in results if r["noise"] == "symmetric"
+                and r["setting"]["reward"] == setting.reward and r["setting"]["n_train"] == setting.n_train}
+        for rate in VARIANT_RATES:
+            for variant in VARIANTS:
+                seeds = sorted(s for (m, f, s) in runs if m == variant and f == rate
+                               and (AUTO, rate, s) in runs and ("DPO", rate, s) in runs)
+                if not seeds:
+                    continue
+                last = {s: 100 * runs[(variant, rate, s)]["clean_accuracy"][-1] for s in seeds}
+                versus_auto = [last[s] - 100 * runs[(AUTO, rate, s)]["clean_accuracy"][-1] for s in seeds]
+                versus_dpo = [last[s] - 100 * nb.summarise(runs[("DPO", rate, s)])["early_stopped_accuracy"] for s in seeds]
+                estimates = [m for m, _ in (estimate_of(runs[(variant, rate, s)]) for s in seeds) if m is not None]
+                lines.append(f"| {name} | {rate:.0%} | {variant} | {len(seeds)} | {spread(versus_auto)} | "
+                             f"{spread(versus_dpo)} | {statistics.fmean(estimates):.3f} |")
+    return "\n".join(lines)
+
+
 def report(results: list[dict], command: str, minutes: float | None, tasks=None) -> str:
     sections = [
         "# The one flag: `loss_type: ropo` + `ropo_filter_ratio: auto` against DPO early-stopped",
@@ -185,6 +228,8 @@ def report(results: list[dict], command: str, minutes: float | None, tasks=None)
         mine = [r for r in results if r["setting"]["reward"] == setting.reward and r["setting"]["n_train"] == setting.n_train]
         if mine:
             sections.append(task_report(mine, name, setting))
+    if any(r["method"] in VARIANTS for r in results):
+        sections.append(sensitivity_report(results, tasks or TASKS))
     return "\n\n".join(sections) + "\n"
 
 
@@ -204,8 +249,11 @@ def main(argv=None) -> None:
         # Seed by seed across the tasks, so that an interrupted run has complete, paired seeds on every task.
         if args.quick:
             jobs = jobs_for(QUICK, [0], symmetric=(0.0, 0.4), baseline=(0.0, 0.4), bias=False)
+            jobs.append(nb.Job(VARIANTS[0], "symmetric", 0.4, 0, QUICK))
         else:
             jobs = [j for seed in range(args.seeds) for setting in tasks.values() for j in jobs_for(setting, [seed])]
+            jobs += [nb.Job(variant, "symmetric", rate, seed, setting) for seed in range(args.variants)
+                     for setting in tasks.values() for rate in VARIANT_RATES for variant in VARIANTS]
         jobs = [j for j in jobs if job_key(j) not in seen]
         done += nb.run_grid(jobs, out / "work", workers=args.workers or nb.cpu_workers(), results_file=results_file)
     minutes = (time.perf_counter() - start) / 60 if not args.report_only else None

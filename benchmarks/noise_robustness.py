@@ -45,7 +45,8 @@ class BenchmarkArguments:
 
 def main(argv=None) -> None:
     (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses(argv)
-    phase_one = [m for m in nb.METHODS if m != nb.AUDIT_RETRAIN]  # the retrain needs the ROPO runs' audits first
+    # The retrain needs the ROPO runs' audits first; the auto mode's variants belong to `noise_auto.py`.
+    phase_one = [m for m in nb.METHODS if m != nb.AUDIT_RETRAIN and not m.startswith("ROPO auto (")]
     if args.quick:
         setting = nb.Setting(n_train=300, n_validation=100, n_test=100, n_reward_prompts=100, epochs=3,
                              filter_warmup_epochs=1)

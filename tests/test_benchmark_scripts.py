@@ -74,7 +74,7 @@ def test_the_auto_benchmark_compares_the_one_flag_with_dpo_and_the_oracle(tmp_pa
     records = [json.loads(line) for line in (tmp_path / "noise_auto.jsonl").read_text().splitlines()]
     cells = {(r["method"], r["flip_rate"]) for r in records}
     assert cells == {("ROPO auto", 0.0), ("ROPO auto", 0.4), ("DPO", 0.0), ("DPO", 0.4),
-                     ("Oracle (DPO on unflipped pairs)", 0.4)}
+                     ("Oracle (DPO on unflipped pairs)", 0.4), ("ROPO auto (correct)", 0.4)}
     oracle = next(r for r in records if r["method"].startswith("Oracle"))
     assert oracle["drop_rows"] == 120  # the 40% of the 300 training pairs that were flipped, and only those
     one_flag = next(r for r in records if r["method"] == "ROPO auto" and r["flip_rate"] == 0.4)
@@ -86,6 +86,11 @@ def test_the_auto_benchmark_compares_the_one_flag_with_dpo_and_the_oracle(tmp_pa
     (row,) = [line for line in report.splitlines() if line.startswith("| 40% | ") and "gap recovered" not in line
               and line.count("|") == 9]
     assert row.split("|")[6].strip() != "–"  # the oracle's accuracy is reported
+    # The variant against the auto mode, paired by seed: its last-epoch accuracy minus auto's, from the records.
+    (variant_row,) = [line for line in report.splitlines() if "| ROPO auto (correct) |" in line]
+    by_method = {r["method"]: r for r in records if r["flip_rate"] == 0.4}
+    expected = 100 * (by_method["ROPO auto (correct)"]["clean_accuracy"][-1] - one_flag["clean_accuracy"][-1])
+    assert variant_row.split("|")[5].strip() == f"{expected:+.1f} ± 0.0"
 
 
 def test_the_reward_benchmark_compares_bradley_terry_with_the_symmetric_losses(tmp_path):

@@ -50,9 +50,13 @@ METHODS = {
     "Audit-clean-retrain (DPO)": ("sigmoid", False, {}),
     # The one flag with no ratio to guess: ρ from the flip rate estimated each epoch (`trl_robust.noise.auto`).
     "ROPO auto": ("ropo", False, {"ropo_filter_ratio": "auto"}),
+    # Sensitivity of the auto mode to its choices: what it does with the suspects, and a longer warm-up.
+    "ROPO auto (correct)": ("ropo", False, {"ropo_filter_ratio": "auto", "ropo_filter_mode": "correct"}),
+    "ROPO auto (2-epoch warm-up)": ("ropo", False, {"ropo_filter_ratio": "auto", "warmup_epochs": 2}),
     # The ceiling of identification: DPO trained only on the pairs whose labels were not flipped.
     "Oracle (DPO on unflipped pairs)": ("sigmoid", False, {}),
 }
+WARMUP_EPOCHS = "warmup_epochs"  # not a config field: a method's filter warm-up in epochs, see `run_job`
 AUDIT_RETRAIN = "Audit-clean-retrain (DPO)"
 ORACLE = "Oracle (DPO on unflipped pairs)"
 AUDITED = ("DPO", "ROPO")  # policies whose final models are audited (AUROC), ROPO's also for the retrain
@@ -203,9 +207,14 @@ def run_job(job: Job, root) -> dict:
     )
     test = Dataset.from_list(data["test"])
     loss_type, smoothing_is_flip_rate, extra = METHODS[job.method]
-    if "ropo_filter_ratio" in extra and extra["ropo_filter_ratio"] != "auto":
-        steps_per_epoch = math.ceil(setting.n_train / setting.batch_size)
-        extra = {**extra, "ropo_filter_warmup_steps": setting.filter_warmup_epochs * steps_per_epoch}
+    extra = dict(extra)
+    # The filter's warm-up in epochs (a method's own, else the setting's for a fixed ratio; `auto` has none of its
+    # own by default: it first decides after one epoch), turned into the optimizer steps the config counts.
+    warmup_epochs = extra.pop(WARMUP_EPOCHS, None)
+    if warmup_epochs is None and "ropo_filter_ratio" in extra and extra["ropo_filter_ratio"] != "auto":
+        warmup_epochs = setting.filter_warmup_epochs
+    if warmup_epochs is not None:
+        extra["ropo_filter_warmup_steps"] = warmup_epochs * math.ceil(setting.n_train / setting.batch_size)
     reference = AutoModelForCausalLM.from_pretrained(directory / "reference")
     reference_reward = mean_true_reward(reference, reward, prompts, seed=job.seed)
 
