@@ -4,7 +4,8 @@ For each model size, stock `trl.DPOTrainer` with `loss_type="sigmoid"` and `Robu
 `sympo_sigmoid`, `sympo_ramp`, `ropo` with ROPO's per-step filter (ρ 0.2, from the first step) and `ropo` with
 `ropo_filter_ratio: auto` (which records every margin and estimates the flip rate at each epoch's start) train the same
 model on the same data, over 3 epochs. For `auto` the estimator's own time per epoch is also reported as a share of an
-epoch's training time. Every measurement runs in a fresh process
+epoch's training time. Then the same for reward models: stock `trl.RewardTrainer` against `trl_robust.RewardTrainer`
+with `bradley_terry`, `sympo_sigmoid` and `ropo`. Every measurement runs in a fresh process
 (so peak memory is that configuration's own), and the configurations are interleaved over several rounds so that
 drift in machine load hits all of them alike; the median over rounds is reported, as a ratio to stock TRL.
 
@@ -32,6 +33,9 @@ CONFIGS = [("stock TRL", "sigmoid", ()), ("trl-robust", "sigmoid", ()), ("trl-ro
            ("trl-robust", "sympo_sigmoid", ()), ("trl-robust", "sympo_ramp", ()),
            ("trl-robust", "ropo", (("ropo_filter_ratio", 0.2),)),
            ("trl-robust", "ropo", (("ropo_filter_ratio", "auto"),))]
+# Reward models: stock `trl.RewardTrainer` (Bradley–Terry) against `RobustRewardTrainer`, its own baseline.
+REWARD_CONFIGS = [("stock TRL", "bradley_terry", ()), ("trl-robust", "bradley_terry", ()),
+                  ("trl-robust", "sympo_sigmoid", ()), ("trl-robust", "ropo", ())]
 EPOCHS = 3  # every run spans 3 epochs, so that `ropo_filter_ratio: auto` records, estimates and filters twice
 MODELS = {"tiny": dict(hidden_size=32, num_layers=2), "small": dict(hidden_size=512, num_layers=8)}
 
@@ -43,8 +47,10 @@ class OverheadArguments:
     rounds: int = field(default=5, metadata={"help": "Interleaved rounds; the median is reported."})
 
 
-def measure(trainer_kind: str, loss_type: str, extra: tuple, model_path: str, steps: int, batch_size: int) -> dict:
-    """Train `steps` steps after 3 warm-up steps in this (fresh) process; return steps/s and peak memory."""
+def measure(trainer_kind: str, loss_type: str, extra: tuple, model_path: str, steps: int, batch_size: int,
+            family: str = "dpo") -> dict:
+    """Train `steps` steps after 3 warm-up steps in this (fresh) process; return steps/s and peak memory. `family`:
+    `dpo` (the DPO trainers) or `reward` (the reward trainers, a one-output head on the same model)."""
     import resource
 
     import torch
@@ -65,12 +71,18 @@ def measure(trainer_kind: str, loss_type: str, extra: tuple, model_path: str, st
         def on_train_end(self, args, state, control, **kwargs):
             timings.append(time.perf_counter())
 
-    config_cls, trainer_cls = (
-        (trl.DPOConfig, trl.DPOTrainer) if trainer_kind == "stock TRL" else (trl_robust.DPOConfig, trl_robust.DPOTrainer)
-    )
+    stock = trainer_kind == "stock TRL"
+    config_cls, trainer_cls = {
+        ("dpo", True): (trl.DPOConfig, trl.DPOTrainer),
+        ("dpo", False): (trl_robust.DPOConfig, trl_robust.DPOTrainer),
+        ("reward", True): (trl.RewardConfig, trl.RewardTrainer),
+        ("reward", False): (trl_robust.RewardConfig, trl_robust.RewardTrainer),
+    }[family, stock]
+    # Stock TRL's reward config has no `loss_type`: its loss is Bradley–Terry.
+    loss = {} if family == "reward" and stock else {"loss_type": loss_type}
     args = config_cls(
         output_dir=f"/tmp/trl-robust-overhead-{os.getpid()}",
-        loss_type=loss_type,
+        **loss,
         max_steps=steps + 3,
         per_device_train_batch_size=batch_size,
         learning_rate=1e-4,
@@ -155,6 +167,31 @@ def main(argv=None) -> None:
                 f"| {name} ({n_params / 1e6:.2f}M) | {config[0]} | {label} | {speed:.2f} | {speed / base_speed:.3f} "
                 f"| {memory:.0f} | {memory / base_memory:.3f} | {share} |"
             )
+    lines += [
+        "",
+        "## Reward models",
+        "",
+        "Stock `trl.RewardTrainer` (Bradley–Terry) against `trl_robust.RewardTrainer` on the same model with a "
+        "one-output head, same data and steps, same rounds (ratios against the first row, > 1 = faster / more memory).",
+        "",
+        "| model | trainer | loss_type | steps/s | ratio | peak memory (MiB) | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, shape in models.items():
+        path = str(work / name)
+        steps, batch = {"tiny": (60, 16), "small": (24, 8)}[name] if not args.quick else (10, 8)
+        samples = {config: [] for config in REWARD_CONFIGS}
+        for _ in range(rounds):
+            for config in REWARD_CONFIGS:
+                with context.Pool(1, maxtasksperchild=1) as pool:
+                    samples[config].append(pool.apply(measure, (*config, path, steps, batch, "reward")))
+        base_speed = statistics.median(s["steps_per_second"] for s in samples[REWARD_CONFIGS[0]])
+        base_memory = statistics.median(s["peak_memory_mib"] for s in samples[REWARD_CONFIGS[0]])
+        for config in REWARD_CONFIGS:
+            speed = statistics.median(s["steps_per_second"] for s in samples[config])
+            memory = statistics.median(s["peak_memory_mib"] for s in samples[config])
+            lines.append(f"| {name} | {config[0]} | `{config[1]}` | {speed:.2f} | {speed / base_speed:.3f} "
+                         f"| {memory:.0f} | {memory / base_memory:.3f} |")
     report = "\n".join(lines) + "\n"
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

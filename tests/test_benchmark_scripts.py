@@ -17,7 +17,8 @@ def test_overhead_benchmark_reports_ratios_against_stock_trl(tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    rows = [line for line in (tmp_path / "overhead.md").read_text().splitlines() if line.startswith("| tiny")]
+    dpo_table, reward_table = (tmp_path / "overhead.md").read_text().split("## Reward models")
+    rows = [line for line in dpo_table.splitlines() if line.startswith("| tiny")]
     assert [row.split("|")[2:4] for row in rows] == [
         [" stock TRL ", " `sigmoid` "], [" trl-robust ", " `sigmoid` "], [" trl-robust ", " `ropo` "],
         [" trl-robust ", " `sympo_sigmoid` "], [" trl-robust ", " `sympo_ramp` "],
@@ -34,6 +35,13 @@ def test_overhead_benchmark_reports_ratios_against_stock_trl(tmp_path):
         assert speed > 0 and memory > 0
         assert speed_ratio == pytest.approx(speed / stock_speed, abs=6e-3)
         assert memory_ratio == pytest.approx(memory / stock_memory, abs=6e-3)
+    # Reward models, against stock RewardTrainer measured in the same run.
+    rows = [[cell.strip() for cell in line.split("|")[2:8]] for line in reward_table.splitlines() if line.startswith("| tiny")]
+    assert [row[:2] for row in rows] == [["stock TRL", "`bradley_terry`"], ["trl-robust", "`bradley_terry`"],
+                                         ["trl-robust", "`sympo_sigmoid`"], ["trl-robust", "`ropo`"]]
+    stock_speed = float(rows[0][2])
+    for row in rows:
+        assert float(row[3]) == pytest.approx(float(row[2]) / stock_speed, abs=6e-3)
 
 
 def test_noise_benchmark_reports_every_method_family_and_the_audit(tmp_path):
