@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny local model and small preference datasets; everything offline."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -45,6 +46,25 @@ def conversational_dataset():
 # rendezvous and the ranks' store bind port 0 themselves, so two-process runs started at the same time never race for
 # accelerate's default port 29500, nor for a port probed free and bound later. Put it in every multi-process launch.
 STANDALONE_RENDEZVOUS = {"PET_STANDALONE": "1"}
+
+
+def run_two_ranks(worker_source: str, tmp_path, *args) -> dict:
+    """Run `worker_source` as a script on two gloo ranks (torchrun, standalone rendezvous) with `args` and then the
+    directory `tmp_path/two`, into which rank 0 writes `result.json`; return that result."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    script = tmp_path / "worker.py"
+    script.write_text(worker_source)
+    env = {**os.environ, **STANDALONE_RENDEZVOUS, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), *map(str, args),
+               str(tmp_path / "two")]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=repo, timeout=240)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return json.loads((tmp_path / "two" / "result.json").read_text())
 
 
 def train_args(tmp_path, config_cls=None, **overrides):
@@ -96,7 +116,7 @@ def independent_logps(model, batch):
 
 # What starts another process (the real command, `accelerate launch`, a fresh interpreter, a benchmark script).
 # Tests doing so are marked `slow`: `make test-fast` leaves them out for a quick loop; `make test` runs everything.
-_STARTS_PROCESSES = ("subprocess.", "run_command(", "run_python(", "cli_main(")
+_STARTS_PROCESSES = ("subprocess.", "run_command(", "run_python(", "cli_main(", "run_two_ranks(")
 
 
 def pytest_collection_modifyitems(config, items):

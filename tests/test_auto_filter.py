@@ -5,27 +5,23 @@ computed independently of it, through real training, a resume and two processes.
 """
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers import TrainerCallback
 
 from trl_robust import RobustDPOConfig, RobustDPOTrainer
-from trl_robust.data import ROW_COLUMN, flip_preferences
+from trl_robust.data import flip_preferences
 from trl_robust.noise import estimate_noise
 from trl_robust.noise.auto import FLOOR, UNIDENTIFIED, auto_filter_ratio, estimate_flip_rate
 from trl_robust.tiny import tiny_preference_records
 
-from .conftest import STANDALONE_RENDEZVOUS, independent_logps, train_args
+from .conftest import run_two_ranks, train_args
+from .test_filtering import independent_margins
 from .test_reliability import Interrupt
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 # --- the policy -------------------------------------------------------------------------------------------------------
@@ -119,19 +115,12 @@ def auto_args(tmp_path, n, **overrides):
     return train_args(tmp_path, **{**values, **overrides})
 
 
-def margins_now(trainer, reference):
-    """β·Δ of every training row under the current policy, from plain logits, by row (in eval mode, then back)."""
-    loader = trainer.get_eval_dataloader(trainer.train_dataset)
+def margins_now(trainer, reference_path):
+    """β·Δ of every training row under the current policy, from plain logits (`independent_margins`), by row; the
+    model's train/eval mode as it was."""
     was_training = trainer.model.training
-    trainer.model.eval()
-    margins = {}
     with torch.no_grad():
-        for batch in loader:
-            batch = trainer._prepare_inputs(batch)
-            policy_chosen, policy_rejected = independent_logps(trainer.model, batch).double().chunk(2)
-            ref_chosen, ref_rejected = independent_logps(reference, batch).double().chunk(2)
-            z = trainer.args.beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
-            margins.update(zip(batch[ROW_COLUMN].tolist(), z.tolist()))
+        margins = independent_margins(trainer, reference_path)
     trainer.model.train(was_training)
     return margins
 
@@ -140,12 +129,12 @@ class Observe(TrainerCallback):
     """At each epoch's start, the margins the epoch's one training step will compute; at its first step, the rows the
     trainer distrusts in it."""
 
-    def __init__(self, reference):
-        self.reference, self.trainer = reference, None
+    def __init__(self, reference_path):
+        self.reference_path, self.trainer = reference_path, None
         self.margins, self.suspects = [], []
 
     def on_epoch_begin(self, args, state, control, **kwargs):  # (runs before the trainer's own epoch callback)
-        self.margins.append(margins_now(self.trainer, self.reference))
+        self.margins.append(margins_now(self.trainer, self.reference_path))
 
     def on_step_begin(self, args, state, control, **kwargs):
         mask = self.trainer._epoch_suspects
@@ -154,8 +143,7 @@ class Observe(TrainerCallback):
 
 def test_auto_estimates_from_the_last_epochs_margins_and_distrusts_their_lowest(tiny_model_path, tmp_path):
     pairs = noisy_pairs()
-    reference = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()
-    observe = Observe(reference)
+    observe = Observe(tiny_model_path)
     trainer = RobustDPOTrainer(model=tiny_model_path, args=auto_args(tmp_path, len(pairs)), train_dataset=pairs,
                                callbacks=[observe])
     observe.trainer = trainer
@@ -295,15 +283,7 @@ def two_process_run(model_path, output_dir, per_device):
 
 
 def test_two_processes_estimate_and_filter_as_one_with_the_same_global_batch(tiny_model_path, tmp_path):
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = {**os.environ, **STANDALONE_RENDEZVOUS, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
-               str(tiny_model_path), str(tmp_path / "two")]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=240)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    two = json.loads((tmp_path / "two" / "result.json").read_text())
+    two = run_two_ranks(WORKER, tmp_path, tiny_model_path)
 
     one = two_process_run(tiny_model_path, tmp_path / "one", per_device=8)
     logs = {str(e["step"]): e for e in one.state.log_history if "loss" in e}

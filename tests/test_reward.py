@@ -15,25 +15,12 @@ import trl_robust
 from trl_robust import RewardConfig, RewardTrainer, RobustRewardConfig, RobustRewardTrainer, builtin
 from trl_robust.tiny import tiny_preference_records
 
+from .conftest import train_args
+
 
 def reward_args(tmp_path, config_cls=RobustRewardConfig, **overrides):
-    """A fast CPU config for the tiny model; tests override what they pin down."""
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        bf16=False,
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=4,
-        max_steps=2,
-        learning_rate=0.1,
-        logging_steps=1,
-        seed=0,
-        disable_tqdm=True,
-    )
-    defaults.update(overrides)
-    return config_cls(**defaults)
+    """The DPO tests' fast CPU config (`conftest.train_args`), as a reward config, 2 steps by default."""
+    return train_args(tmp_path, config_cls=config_cls, **{"max_steps": 2, **overrides})
 
 
 @pytest.fixture

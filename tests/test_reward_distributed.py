@@ -2,11 +2,6 @@
 same loss at every step and the same final weights (the robust loss's metrics are gathered over ranks, the loss is the
 mean over each rank's pairs and DDP averages the gradients, so nothing may depend on how the batch is split)."""
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,9 +10,8 @@ from transformers import AutoModelForSequenceClassification, set_seed
 
 from trl_robust import RobustRewardConfig, RobustRewardTrainer, builtin
 
-from .conftest import STANDALONE_RENDEZVOUS
+from .conftest import run_two_ranks
 
-REPO = Path(__file__).resolve().parent.parent
 GLOBAL_PAIRS_PER_MICRO_BATCH = 4
 
 
@@ -62,14 +56,7 @@ def test_two_processes_train_the_same_reward_model_as_one_with_the_same_global_b
     # Two gloo ranks with 2 pairs each against one process with 4, both accumulating 2 micro-batches: the same 8 pairs
     # per optimizer step, in the same order (accelerate hands rank r the r-th slice of each global batch).
     builtin.model_path("builtin:tiny"), builtin.dataset_path("builtin:tiny")  # built once, before the ranks race
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = {**os.environ, **STANDALONE_RENDEZVOUS, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(tmp_path / "two")]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=240)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    two = json.loads((tmp_path / "two" / "result.json").read_text())
+    two = run_two_ranks(WORKER, tmp_path)
 
     one = run_reward_training(tmp_path / "one", per_device=GLOBAL_PAIRS_PER_MICRO_BATCH)
     assert one.accelerator.num_processes == 1

@@ -5,11 +5,6 @@ Before the running filter, each micro-batch distrusted its own ⌊ρ·n⌋ pairs
 per device, whatever the accumulation, so every run below would have distrusted 0 pairs.
 """
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,9 +16,8 @@ from trl_robust.data import flip_preferences
 from trl_robust.filtering import filter_window
 from trl_robust.tiny import tiny_preference_records
 
-from .conftest import STANDALONE_RENDEZVOUS
+from .conftest import run_two_ranks
 
-REPO = Path(__file__).resolve().parent.parent
 RATIO = 0.2
 
 
@@ -95,15 +89,7 @@ os._exit(0)
 def test_two_processes_distrust_the_same_pairs_as_one_with_the_same_global_batch(tiny_model_path, tmp_path):
     # Two gloo ranks with 2 pairs each against one process with 4, both with 4 accumulation steps: the same 4 pairs
     # per micro-batch and 16 per optimizer step, so the same window (50) and the same decisions at every step.
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = {**os.environ, **STANDALONE_RENDEZVOUS, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
-               str(tiny_model_path), str(tmp_path / "two")]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=240)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    two = json.loads((tmp_path / "two" / "result.json").read_text())
+    two = run_two_ranks(WORKER, tmp_path, tiny_model_path)
 
     one = run_filtered_training(tiny_model_path, tmp_path / "one", per_device=4, accumulation=4, max_steps=8)
     assert one.accelerator.num_processes == 1
