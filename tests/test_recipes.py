@@ -54,6 +54,8 @@ def test_recipe_parses_at_the_papers_defaults(recipe):
         assert config.sympo_reward_clip == RobustDPOConfig.sympo_reward_clip == 10.0
     if recipe.stem == "ropo_filter":
         assert config.ropo_filter_ratio > 0 and config.ropo_filter_warmup_steps > 0
+    if recipe.stem == "ropo_auto":  # the filter with no ratio to set: epoch scope, and the epochs it needs
+        assert config.ropo_filter_ratio == "auto" and config.ropo_filter_scope is None and config.num_train_epochs >= 2
     assert args.launch_args == []  # single-process recipes: nothing for `accelerate launch`
 
 
