@@ -116,7 +116,7 @@ def independent_logps(model, batch):
 
 # What starts another process (the real command, `accelerate launch`, a fresh interpreter, a benchmark script).
 # Tests doing so are marked `slow`: `make test-fast` leaves them out for a quick loop; `make test` runs everything.
-_STARTS_PROCESSES = ("subprocess.", "run_command(", "run_python(", "cli_main(", "run_two_ranks(")
+_STARTS_PROCESSES = ("subprocess.", "run_command(", "run_python(", "cli_main(", "run_two_ranks(", "run_benchmark(")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,12 +11,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_overhead_benchmark_reports_ratios_against_stock_trl(tmp_path):
-    run = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "overhead.py"), "--quick", "--rounds", "1", "--output_dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
-    )
+def run_benchmark(script: str, tmp_path, *args: str) -> None:
+    """Run `benchmarks/<script>` with `args` and `--output_dir tmp_path`, as a user would; it must succeed."""
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args, "--output_dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_overhead_benchmark_reports_ratios_against_stock_trl(tmp_path):
+    run_benchmark("overhead.py", tmp_path, "--quick", "--rounds", "1")
     dpo_table, reward_table = (tmp_path / "overhead.md").read_text().split("## Reward models")
     rows = [line for line in dpo_table.splitlines() if line.startswith("| tiny")]
     assert [row.split("|")[2:4] for row in rows] == [
@@ -45,11 +48,7 @@ def test_overhead_benchmark_reports_ratios_against_stock_trl(tmp_path):
 
 
 def test_noise_benchmark_reports_every_method_family_and_the_audit(tmp_path):
-    run = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "noise_robustness.py"), "--quick", "--output_dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_benchmark("noise_robustness.py", tmp_path, "--quick")
     report = (tmp_path / "noise_robustness.md").read_text()
     records = [json.loads(line) for line in (tmp_path / "noise_robustness.jsonl").read_text().splitlines()]
     # The quick grid: DPO, ROPO, ROPO with the epoch filter, and DPO retrained on the ROPO audit's cleaned data.
@@ -74,11 +73,7 @@ def test_noise_benchmark_reports_every_method_family_and_the_audit(tmp_path):
 
 
 def test_the_auto_benchmark_compares_the_one_flag_with_dpo_and_the_oracle(tmp_path):
-    run = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "noise_auto.py"), "--quick", "--output_dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_benchmark("noise_auto.py", tmp_path, "--quick")
     records = [json.loads(line) for line in (tmp_path / "noise_auto.jsonl").read_text().splitlines()]
     cells = {(r["method"], r["flip_rate"]) for r in records}
     assert cells == {("ROPO auto", 0.0), ("ROPO auto", 0.4), ("DPO", 0.0), ("DPO", 0.4),
@@ -102,11 +97,7 @@ def test_the_auto_benchmark_compares_the_one_flag_with_dpo_and_the_oracle(tmp_pa
 
 
 def test_the_reward_benchmark_compares_bradley_terry_with_the_symmetric_losses(tmp_path):
-    run = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "reward_noise.py"), "--quick", "--output_dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_benchmark("reward_noise.py", tmp_path, "--quick")
     records = [json.loads(line) for line in (tmp_path / "reward_noise.jsonl").read_text().splitlines()]
     losses = ("Bradley–Terry", "SymPO-sigmoid", "SymPO-ramp", "SymPO-unhinged")
     assert sorted((r["method"], r["flip_rate"]) for r in records) == sorted((m, rate) for m in losses for rate in (0.0, 0.4))
@@ -130,9 +121,5 @@ def test_the_reward_benchmark_compares_bradley_terry_with_the_symmetric_losses(t
     assert cells[2] == f"{100 * sympo['clean_accuracy'][-1]:.1f} ± 0.0"
     assert cells[4] == f"{100 * (sympo['clean_accuracy'][-1] - bt['clean_accuracy'][stop]):+.1f} ± 0.0"
     # Resumable: a second call reuses every result and only rewrites the report.
-    again = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "reward_noise.py"), "--quick", "--output_dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert again.returncode == 0, again.stderr[-3000:]
+    run_benchmark("reward_noise.py", tmp_path, "--quick")
     assert len((tmp_path / "reward_noise.jsonl").read_text().splitlines()) == len(records)
