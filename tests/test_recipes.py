@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import trl
 import yaml
 
 from trl_robust.cli.arguments import parse_dpo_args
@@ -12,7 +13,7 @@ from trl_robust.builtin import is_builtin
 from trl_robust.config import RobustDPOConfig
 from trl_robust.registry import get_loss_spec, registered_loss_types
 
-TRL_FIELDS = set(RobustDPOConfig.__mro__[1].__dataclass_fields__)  # trl.DPOConfig's own fields
+TRL_FIELDS = set(trl.DPOConfig.__dataclass_fields__)  # TRL's own fields
 
 # The DPO recipes; the reward-model recipes (`reward_*.yaml`, for `trl-robust reward`) are tested in test_reward_cli.py.
 RECIPES = sorted(

@@ -26,7 +26,57 @@ NON_FINITE_POLICIES = ("auto", "error")
 
 
 @dataclass
-class RobustDPOConfig(DPOConfig):
+class RopoFilterArguments:
+    """The fields of ROPO's noisy-sample filter (Liang et al., ICML 2025, arXiv 2404.04102), shared by
+    `RobustDPOConfig` and `trl_robust.RobustRewardConfig`; documented in `RobustDPOConfig`'s docstring. Listed before
+    TRL's config class in the bases, so that its fields come after TRL's (and `output_dir` stays the first)."""
+
+    # `str` too, so that the command line and YAML can say `auto`.
+    ropo_filter_ratio: float | str | None = field(
+        default=0.0,
+        metadata={
+            "help": "ROPO's noisy-sample filtering (Liang et al., ICML 2025, arXiv 2404.04102): the fraction ρ of the "
+            "pairs with the lowest margin (largest ROPO loss) — over the run, ranked among about one optimizer step's "
+            "pairs, or of the training set each epoch (`ropo_filter_scope`) — is treated as mislabeled. In [0, 1); "
+            "0 = off; `auto` = ρ from the flip rate estimated each epoch from the training margins (epoch scope, at "
+            "least 2 epochs). Applies in training only: for DPO to trl-robust's loss types, for a reward model to any "
+            "loss type."
+        },
+    )
+    ropo_filter_scope: str | None = field(
+        default=None,
+        metadata={
+            "help": "Which pairs ROPO's filter ranks: `step` (each pair among a running window of recent margins, about "
+            f"one optimizer step's pairs and at least {MIN_WINDOW_SUSPECTS}/ρ; the lowest ρ share of it, so ρ of the "
+            "pairs over the run for any batch size and gradient accumulation) or `epoch` (at the start of each epoch "
+            "after the warm-up, distrust the training set's lowest-margin ρ share for that epoch, scored with the "
+            "current model, or for `ropo_filter_ratio: auto` taken from the previous epoch's training steps). "
+            "Default: `step`, or `epoch` with `ropo_filter_ratio: auto`.",
+            "choices": list(FILTER_SCOPES),
+        },
+    )
+    ropo_filter_warmup_steps: int = field(
+        default=0, metadata={"help": "Optimizer steps on every pair before ROPO's filtering starts."}
+    )
+    ropo_filter_max_margin: float | None = field(
+        default=None,
+        metadata={
+            "help": "Distrust only pairs whose margin z is below this value (at most the ρ share): 0 = only pairs the "
+            "model prefers the other way round, so clean data loses little. Default: the ρ lowest, whatever their z."
+        },
+    )
+    ropo_filter_mode: str = field(
+        default="drop",
+        metadata={
+            "help": "What ROPO's filter does with a suspected pair: `drop` (weight 0, the rest rescaled) or "
+            "`correct` (train it with chosen and rejected swapped).",
+            "choices": list(FILTER_MODES),
+        },
+    )
+
+
+@dataclass
+class RobustDPOConfig(RopoFilterArguments, DPOConfig):
     r"""
     Configuration for [`RobustDPOTrainer`]: every field of TRL's `DPOConfig`, plus the following.
 
@@ -116,47 +166,6 @@ class RobustDPOConfig(DPOConfig):
         },
     )
 
-    # `str` too, so that the command line and YAML can say `auto`.
-    ropo_filter_ratio: float | str | None = field(
-        default=0.0,
-        metadata={
-            "help": "ROPO's noisy-sample filtering (Liang et al., ICML 2025, arXiv 2404.04102): the fraction ρ of the "
-            "pairs with the lowest margin (largest ROPO loss) — over the run, ranked among about one optimizer step's "
-            "pairs, or of the training set each epoch (`ropo_filter_scope`) — is treated as mislabeled. In [0, 1); "
-            "0 = off; `auto` = ρ from the flip rate estimated each epoch from the training margins (epoch scope, at "
-            "least 2 epochs). Applies to trl-robust's loss types, in training only."
-        },
-    )
-    ropo_filter_scope: str | None = field(
-        default=None,
-        metadata={
-            "help": "Which pairs ROPO's filter ranks: `step` (each pair among a running window of recent margins, about "
-            f"one optimizer step's pairs and at least {MIN_WINDOW_SUSPECTS}/ρ; the lowest ρ share of it, so ρ of the "
-            "pairs over the run for any batch size and gradient accumulation) or `epoch` (at the start of each epoch "
-            "after the warm-up, distrust the training set's lowest-margin ρ share for that epoch, scored with the "
-            "current model, or for `ropo_filter_ratio: auto` taken from the previous epoch's training steps). "
-            "Default: `step`, or `epoch` with `ropo_filter_ratio: auto`.",
-            "choices": list(FILTER_SCOPES),
-        },
-    )
-    ropo_filter_warmup_steps: int = field(
-        default=0, metadata={"help": "Optimizer steps on every pair before ROPO's filtering starts."}
-    )
-    ropo_filter_max_margin: float | None = field(
-        default=None,
-        metadata={
-            "help": "Distrust only pairs whose margin z is below this value (at most the ρ share): 0 = only pairs the "
-            "model prefers the other way round, so clean data loses little. Default: the ρ lowest, whatever their z."
-        },
-    )
-    ropo_filter_mode: str = field(
-        default="drop",
-        metadata={
-            "help": "What ROPO's filter does with a suspected pair: `drop` (weight 0, the rest rescaled) or "
-            "`correct` (train it with chosen and rejected swapped).",
-            "choices": list(FILTER_MODES),
-        },
-    )
     non_finite_margins: str = field(
         default="auto",
         metadata={
@@ -168,7 +177,7 @@ class RobustDPOConfig(DPOConfig):
     )
 
     def __post_init__(self):
-        self.ropo_filter_ratio = _parse_filter_ratio(self.ropo_filter_ratio)
+        self.ropo_filter_ratio = parse_filter_ratio(self.ropo_filter_ratio)
         if isinstance(self.sympo_reward_clip, str):  # from the command line
             text = self.sympo_reward_clip.strip().lower()
             try:
@@ -198,7 +207,7 @@ def robust_hyperparameter(args, name: str):
     raise AttributeError(name)
 
 
-def _parse_filter_ratio(value):
+def parse_filter_ratio(value):
     """`ropo_filter_ratio` as given in Python, YAML or on the command line: a number, or `AUTO`."""
     if not isinstance(value, str):
         return value
@@ -215,7 +224,7 @@ def _parse_filter_ratio(value):
 
 def filter_ratio(args) -> float | str:
     """ROPO's filter ratio ρ of `args` (0.0 = off), or `AUTO` (ρ estimated each epoch, `trl_robust.noise.auto`)."""
-    return _parse_filter_ratio(robust_hyperparameter(args, "ropo_filter_ratio"))
+    return parse_filter_ratio(robust_hyperparameter(args, "ropo_filter_ratio"))
 
 
 def filters(args) -> bool:
@@ -290,7 +299,7 @@ def validate_robust_args(args) -> None:
                     f"which {type(args).__name__} does not have. Add it by subclassing `trl_robust.RobustDPOConfig`, "
                     "or register the loss with a `Hyperparameter` that has a default."
                 )
-    _validate_filtering(args, registered)
+    validate_filtering(args, registered)
     if registered and getattr(args, "use_liger_kernel", False) and Version(trl.__version__) < Version("1.14"):
         raise ValueError(
             f"`use_liger_kernel=True` makes TRL {trl.__version__} compute the DPO loss in Liger's fused kernel, which "
@@ -342,7 +351,9 @@ def _warn_once(args, head: str, message: str) -> None:
             os.environ["PYTHONWARNINGS"] = ",".join([*rules, rule])
 
 
-def _validate_filtering(args, registered) -> None:
+def validate_filtering(args, registered) -> None:
+    """Check the `ropo_filter_*` fields of `args`; `registered` are the `LossSpec`s of the losses the filter would act
+    on (refused where there is none, or where one couples the pairs of a batch)."""
     ratio = filter_ratio(args)
     if ratio != AUTO:
         _require_finite("ropo_filter_ratio", ratio)

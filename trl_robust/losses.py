@@ -100,6 +100,21 @@ def sympo_unhinged_loss(z: torch.Tensor) -> torch.Tensor:
     return 1.0 - z
 
 
+def bradley_terry_loss(z: torch.Tensor) -> torch.Tensor:
+    r"""The Bradley–Terry negative log-likelihood: DPO's `sigmoid` loss, and TRL's reward-model loss.
+
+    Formula:
+        ℓ(z) = −log σ(z)
+
+    Gradient weight:
+        w(z) = σ(−z)
+
+    TRL computes it itself; trl-robust computes it only where its filter needs the per-pair values (a reward model
+    trained with `loss_type="bradley_terry"` and ROPO's filter on).
+    """
+    return -F.logsigmoid(z)
+
+
 def cdpo_loss(z: torch.Tensor, epsilon: float = 0.0) -> torch.Tensor:
     r"""Conservative DPO (cDPO): DPO with label smoothing, for labels flipped with probability ε.
 

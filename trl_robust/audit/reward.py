@@ -17,32 +17,18 @@ from .checks import AuditInputError
 
 
 def _reward_audit_trainer_class():
-    from ..integration.trainer import RobustDPOTrainer
     from ..reward import RobustRewardTrainer
 
     class _RewardAuditTrainer(RobustRewardTrainer):
         """`RobustRewardTrainer` that records each pair's rewards (and registered loss) by input row."""
-
-        # The row column's carriage and gathering, as the DPO trainer does it: these two methods use only the
-        # Trainer's collator, accelerator and `_batch_columns`, so they are shared, not copied.
-        _pass_through_column = RobustDPOTrainer._pass_through_column
-        _record_by_row = RobustDPOTrainer._record_by_row
-        _passed_columns: dict = {}
-        _batch_columns: dict = {}
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self._audit_records = []
             self._pass_through_column(ROW_COLUMN, torch.long)
 
-        def _set_signature_columns_if_needed(self):
-            super()._set_signature_columns_if_needed()  # TRL's: chosen_ids, rejected_ids, margin
-            if ROW_COLUMN not in self._signature_columns:
-                self._signature_columns = [*self._signature_columns, ROW_COLUMN]
-
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            self._batch_columns = {ROW_COLUMN: inputs.pop(ROW_COLUMN)}
-            try:
+            with self._columns_taken_out(inputs):  # the row index, as the training filter carries it
                 loss, outputs = super().compute_loss(
                     model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
                 )
@@ -53,8 +39,6 @@ def _reward_audit_trainer_class():
                     loss_fn, z, _ = self._loss_margin(chosen, rejected, inputs.get("margin"))
                     recorded.append(loss_fn(z))
                 self._record_by_row(self._audit_records, *recorded)
-            finally:
-                self._batch_columns = {}
             return (loss, outputs) if return_outputs else loss
 
     return _RewardAuditTrainer
@@ -109,7 +93,7 @@ def score_with_reward_model(source, dataset, *, batch_size, max_length, loss_typ
         trainer.remove_callback(PrinterCallback)
     trainer.eval_dataset = trainer.train_dataset  # tokenised once, by TRL's __init__
     trl_metrics = trainer.evaluate()
-    from ..integration.trainer import values_by_row
+    from ..integration.filter import values_by_row
 
     values = values_by_row(trainer._audit_records, range(len(dataset)))
     chosen, rejected = values[0], values[1]

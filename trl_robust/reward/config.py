@@ -8,11 +8,16 @@ from dataclasses import dataclass, field
 
 from trl import RewardConfig
 
-from ..registry import CDPO_EPSILON, ROPO_ALPHA, get_loss_spec, registered_loss_types
+from ..config import RopoFilterArguments, parse_filter_ratio, validate_filtering
+from ..losses import bradley_terry_loss
+from ..registry import CDPO_EPSILON, ROPO_ALPHA, LossSpec, get_loss_spec, registered_loss_types
 
 # TRL's reward loss, −log σ(r_c − r_r [− margin]): the Bradley–Terry model's negative log-likelihood.
 BRADLEY_TERRY = "bradley_terry"
 DEFAULT_REWARD_CLIP = 10.0
+# What `RobustRewardTrainer` computes for `bradley_terry` where ROPO's filter needs the per-pair losses (TRL's own code
+# computes it otherwise). Not registered: DPO's name for the same loss is TRL's `sigmoid`.
+BRADLEY_TERRY_SPEC = LossSpec(name=BRADLEY_TERRY, fn=bradley_terry_loss)
 
 
 def reward_loss_types() -> list[str]:
@@ -25,7 +30,7 @@ def reward_loss_types() -> list[str]:
 
 
 @dataclass
-class RobustRewardConfig(RewardConfig):
+class RobustRewardConfig(RopoFilterArguments, RewardConfig):
     r"""
     Configuration for [`RobustRewardTrainer`]: every field of TRL's `RewardConfig`, plus the following.
 
@@ -49,6 +54,17 @@ class RobustRewardConfig(RewardConfig):
     label_smoothing (`float`, *optional*, defaults to `0.0`):
         ε of `loss_type="cdpo"`, −(1 − ε)·log σ(z) − ε·log σ(−z): the assumed share of flipped labels, in [0, 0.5).
         The same name as the DPO field cDPO reads; only `cdpo` uses it.
+
+    > Parameters of ROPO's noisy-sample filter (Liang et al., ICML 2025, arXiv 2404.04102)
+
+    `ropo_filter_ratio` (a share ρ in [0, 1), or `"auto"`), `ropo_filter_scope` (`"step"` or `"epoch"`),
+    `ropo_filter_warmup_steps`, `ropo_filter_max_margin` and `ropo_filter_mode` (`"drop"` or `"correct"`), as for DPO
+    (see `trl_robust.RobustDPOConfig`), with the reward margin z as the score: in each training step (or each epoch) the
+    pairs whose margin is lowest — those the reward model most confidently ranks the other way round — are taken out
+    of the loss or trained with their label swapped. It applies to every loss type, `bradley_terry` included (TRL's
+    loss, then computed by trl-robust per pair so that the suspects can be left out). `"auto"` estimates the flip rate
+    each epoch from the margins the training steps computed (`trl_robust.noise.auto`) and distrusts that share of the
+    previous epoch's lowest margins; it needs two epochs or more.
     """
 
     loss_type: str = field(
@@ -86,6 +102,7 @@ class RobustRewardConfig(RewardConfig):
 
     def __post_init__(self):
         self.sympo_reward_clip = parse_reward_clip(self.sympo_reward_clip)
+        self.ropo_filter_ratio = parse_filter_ratio(self.ropo_filter_ratio)
         validate_reward_args(self)
         super().__post_init__()
 
@@ -181,6 +198,8 @@ def validate_reward_args(args) -> None:
         isinstance(coefficient, bool) or not isinstance(coefficient, (int, float)) or not math.isfinite(coefficient)
     ):
         raise ValueError(f"`center_rewards_coefficient` must be a finite number or None, got {coefficient!r}.")
+
+    validate_filtering(args, [spec or BRADLEY_TERRY_SPEC])
 
     if epsilon != 0 and loss_type != "cdpo":
         warnings.warn(

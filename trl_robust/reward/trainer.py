@@ -25,16 +25,19 @@ before the difference (the reward-model reading of the SymPO authors' clamp of e
 """
 
 import functools
+import math
 
 import torch
 from trl import RewardTrainer
 
 from .. import builtin, compat
+from ..config import filters
+from ..integration.filter import RopoFilterMixin, rows_indexed_for_the_filter
 from ..registry import get_loss_spec
-from .config import BRADLEY_TERRY, RobustRewardConfig, reward_hyperparameter, validate_reward_args
+from .config import BRADLEY_TERRY, BRADLEY_TERRY_SPEC, RobustRewardConfig, reward_hyperparameter, validate_reward_args
 
 
-class RobustRewardTrainer(RewardTrainer):
+class RobustRewardTrainer(RopoFilterMixin, RewardTrainer):
     """TRL's `RewardTrainer`, plus the per-pair loss types registered in `trl_robust` (`sympo_sigmoid`, `sympo_ramp`,
     `sympo_unhinged`, `ropo`, `cdpo`, ...), chosen with `loss_type` in a `RobustRewardConfig`.
 
@@ -63,42 +66,58 @@ class RobustRewardTrainer(RewardTrainer):
             args = RobustRewardConfig(f"{str(name).rstrip('/').split('/')[-1]}-Reward")
         validate_reward_args(args)  # before TRL loads any model
         loss_type = reward_hyperparameter(args, "loss_type")
-        self._reward_spec = None if loss_type == BRADLEY_TERRY else get_loss_spec(loss_type)
+        # None: TRL's own loss, untouched. Bradley–Terry with ROPO's filter is computed here, per pair.
+        self._reward_spec = get_loss_spec(loss_type) or (BRADLEY_TERRY_SPEC if filters(args) else None)
         self._set_model_card_data(loss_type)
+        pargs, kwargs = rows_indexed_for_the_filter(args, RewardTrainer.__init__, (model, args), pargs, kwargs)
         super().__init__(model, args, *pargs, **kwargs)
+        self._set_up_ropo_filter()
 
     def _set_model_card_data(self, loss_type: str) -> None:
         # Instance attributes, set before TRL's __init__ tags the model with `self._tag_names`.
         self._tag_names = [*type(self)._tag_names, loss_type]
         spec = self._reward_spec
-        if spec is None:
+        if spec is None or spec.name == BRADLEY_TERRY:
             return  # TRL's loss: TRL's name and (empty) citation are right
         self._name = f"Reward model with the {spec.name} loss (trl-robust)"
         if spec.paper is not None:
             self._paper = {"title": spec.paper.title, "id": spec.paper.arxiv_id, "citation": spec.paper.citation}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """TRL's `compute_loss`; for a registered loss type, its loss replaced by that loss of the reward margin (see
-        the module docstring)."""
-        if self._reward_spec is None:
-            return super().compute_loss(
-                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-            )
-        margin = inputs.get("margin")
-        _, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        # TRL's collator stacks the chosen sequences first, then the rejected ones (TRL splits them the same way).
-        rewards_chosen, rewards_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
-        loss = self._registered_loss(rewards_chosen, rewards_rejected, margin)
+        """TRL's `compute_loss`; for a registered loss type (or ROPO's filter), its loss replaced by that loss of the
+        reward margin (see the module docstring)."""
+        with self._columns_taken_out(inputs):  # the row index and flip record are not model inputs
+            if self._reward_spec is None:
+                return super().compute_loss(
+                    model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+                )
+            margin = inputs.get("margin")
+            _, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+            # TRL's collator stacks the chosen sequences first, then the rejected ones (TRL splits them the same way).
+            rewards_chosen, rewards_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+            loss = self._registered_loss(rewards_chosen, rewards_rejected, margin)
         coefficient = self.args.center_rewards_coefficient
         if coefficient is not None:  # TRL's centring term (Eisenstein et al. 2023, arXiv 2312.09244, Eq. 2), as TRL adds it
             loss = loss + coefficient * torch.mean((rewards_chosen + rewards_rejected) ** 2)
         return (loss, outputs) if return_outputs else loss
 
     def _registered_loss(self, rewards_chosen, rewards_rejected, margin) -> torch.Tensor:
-        """Mean over the pairs of ℓ(z), z = r_c − r_r (− margin), each reward clipped first where the loss asks."""
+        """Mean over the pairs of ℓ(z), z = r_c − r_r (− margin), each reward clipped first where the loss asks; in
+        training, ROPO's suspects dropped or corrected where its filter is on."""
         loss_fn, z, clipped = self._loss_margin(rewards_chosen, rewards_rejected, margin)
-        self._log_loss_metrics(loss_fn, z.detach(), clipped)
-        return loss_fn(z).mean()
+        mode = "train" if self.model.training else "eval"
+        if self._row_margins is not None:  # the epoch filter's scoring pass: record, train nothing
+            self._record_scored_margins(z)
+            return z.new_zeros(())
+        if self._free_margins is not None and mode == "train":  # `auto`: the next epoch's estimate
+            self._record_free_margins(z)
+        columns = {"z": z.detach(), **self._filter_columns(z, mode)}
+        if clipped is not None:
+            columns["clipped"] = clipped
+        pairs = self._gather_pairs(**columns)
+        suspected, running = self._suspected_pairs(self._reward_spec.name, pairs, mode)
+        self._log_loss_metrics(loss_fn, pairs, suspected, mode, running)
+        return self._filtered_loss(loss_fn, z, suspected).mean()
 
     def _loss_margin(self, rewards_chosen, rewards_rejected, margin):
         """(ℓ with its hyperparameters bound, the margin z it is applied to, which pairs were clipped or None): what the
@@ -122,12 +141,10 @@ class RobustRewardTrainer(RewardTrainer):
             z = torch.where(finite, z, torch.full_like(z, float("nan")))
         return loss_fn, z, clipped
 
-    def _log_loss_metrics(self, loss_fn, z, clipped) -> None:
-        """How the loss weighs the pairs of the global batch (gathered over processes); one host transfer."""
-        mode = "train" if self.model.training else "eval"
-        columns = [z] if clipped is None else [z, clipped.float()]
-        gathered = self.accelerator.gather(torch.stack(columns, dim=-1))
-        z_all = gathered[:, 0]
+    def _log_loss_metrics(self, loss_fn, pairs, suspected, mode, running) -> None:
+        """How the loss weighs the pairs of the global batch (`pairs`, gathered over processes), and what ROPO's filter
+        distrusted; one host transfer, which also brings the step filter's window to the host."""
+        z_all = pairs["z"]
         # w(z) = −∂ℓ/∂z by autograd, so it holds for any registered loss; also under evaluation's no_grad.
         with torch.enable_grad():
             leaf = z_all.clone().requires_grad_(True)
@@ -139,7 +156,10 @@ class RobustRewardTrainer(RewardTrainer):
             "negative_margin_frac": (z_all < 0).float().mean(),
             "saturated_frac": (weight == 0).float().mean(),
         }
-        if clipped is not None:
-            values["clipped_frac"] = gathered[:, 1].mean()
-        for key, value in zip(values, torch.stack(list(values.values())).tolist()):
+        if "clipped" in pairs:
+            values["clipped_frac"] = pairs["clipped"].mean()
+        values.update(self._filter_values(pairs, suspected, mode))
+        for key, value in self._to_host(values, running).items():
+            if key == "filter_precision" and math.isnan(value):
+                continue  # a batch without suspects has no precision; average over those with some
             self._metrics[mode][f"{self._reward_spec.name}/{key}"].append(value)
