@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import random
+import subprocess
 
 import numpy as np
 import pytest
@@ -20,6 +21,8 @@ from trl_robust.cli import main as cli_main
 from trl_robust.data import flip_preferences
 from trl_robust.noise import estimate_noise
 from trl_robust.tiny import WORDS
+
+from .test_audit import BIN, command_env
 
 GOOD, BAD = WORDS[:20], WORDS[20:]  # the rule the reward model can learn: chosen responses use the first 20 words
 
@@ -158,6 +161,27 @@ def test_the_command_audits_a_reward_model_as_the_api_does(audited, reward_model
     assert [p["row"] for p in lines] == [p["row"] for p in result.pairs]
     assert [p["z"] for p in lines] == pytest.approx([p["z"] for p in result.pairs], abs=1e-6)
     assert "sympo_sigmoid_loss" not in lines[0] and "bradley_terry_loss" in lines[0]
+
+
+def test_two_processes_audit_a_reward_model_as_one_process_does(audited, reward_model_path, noisy_pairs, tmp_path):
+    # Two gloo ranks with 4 pairs each: 30 pairs leave a last global batch that accelerate pads with repeated pairs,
+    # which must not be scored twice.
+    result, _ = audited
+    noisy_pairs.save_to_disk(str(tmp_path / "data"))
+    launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]
+    argv = ["--model_name_or_path", reward_model_path, "--dataset_name", str(tmp_path / "data"),
+            "--per_device_eval_batch_size", "4", "--use_cpu", "true", "--output_dir", str(tmp_path / "two")]
+    run = subprocess.run([*launch, "-m", "trl_robust.scripts.audit", *argv], capture_output=True, text=True,
+                         env=command_env(tmp_path), cwd=tmp_path, timeout=180)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    assert "computed on 2 processes" in (tmp_path / "two" / "summary.md").read_text()
+    lines = [json.loads(line) for line in (tmp_path / "two" / "audit.jsonl").read_text().splitlines()]
+    assert sorted(p["row"] for p in lines) == list(range(len(noisy_pairs)))
+    one = {p["row"]: p for p in result.pairs}
+    for pair in lines:
+        assert pair["z"] == pytest.approx(one[pair["row"]]["z"], abs=1e-5)
+        assert pair["reward_chosen"] == pytest.approx(one[pair["row"]]["reward_chosen"], abs=1e-5)
 
 
 # --- bad input: clear errors before any model is loaded ------------------------------------------------------------------
