@@ -15,8 +15,9 @@ value, one `logsigmoid` over the batch, is computed and discarded; the model run
 method's public contract (a `(loss, outputs)` pair whose `logits` are the chosen rewards then the rejected ones, as
 TRL's collator stacks them), checked by `trl_robust.compat.check_reward_integration` before any model is loaded.
 
-`loss_type="bradley_terry"` (the default) returns TRL's `compute_loss` untouched: bit-identical to stock TRL (the
-parity test checks loss and gradients, with and without a `margin` column and `center_rewards_coefficient`).
+`loss_type="bradley_terry"` (the default), without ROPO's filter, returns TRL's `compute_loss` untouched: bit-identical
+to stock TRL (the parity test checks loss and gradients, with and without a `margin` column and
+`center_rewards_coefficient`).
 
 The margin of a reward model. The losses of `trl_robust.losses` are functions of the margin z; for DPO z = β·Δ. A
 reward model has no β: z = r_chosen − r_rejected, minus the dataset's `margin` column where there is one (as TRL's
@@ -51,6 +52,11 @@ class RobustRewardTrainer(RopoFilterMixin, RewardTrainer):
     the same pairs), `<name>/negative_margin_frac` (pairs the model ranks the other way round), `<name>/saturated_frac`
     (pairs with zero gradient weight) and, for losses that clip rewards, `<name>/clipped_frac`. TRL's `margin` and
     `accuracy` stay computed from the unclipped rewards without the dataset margin, as TRL computes them.
+
+    ROPO's filter (`ropo_filter_ratio` > 0 or `"auto"`, `trl_robust.integration.filter`) ranks the pairs by the margin z
+    the loss sees and drops or corrects the lowest, for any loss type; `bradley_terry` is then computed here per pair
+    (−log σ(z), TRL's value while nothing is filtered). It logs `<name>/filtered_frac`, `<name>/filter_precision`
+    (with a `label_flipped` column) and, with `"auto"`, `noise/estimated_flip_rate` and `noise/filter_ratio`.
     """
 
     _tag_names = [*getattr(RewardTrainer, "_tag_names", ()), "trl-robust"]  # (the probe reports a TRL without it)
