@@ -67,6 +67,42 @@ def run_two_ranks(worker_source: str, tmp_path, *args) -> dict:
     return json.loads((tmp_path / "two" / "result.json").read_text())
 
 
+def logged_steps_worker(run: str) -> str:
+    """The source of a two-rank worker for `run_two_ranks`: `run` ("module:function") is called as
+    `function(model_path, output_dir, per_device=4)` on each rank, and rank 0 writes the training logs by step."""
+    module, function = run.split(":")
+    return f"""
+import json, os, sys
+import torch
+from {module} import {function}
+
+model_path, output_dir = sys.argv[1], sys.argv[2]
+trainer = {function}(model_path, output_dir, per_device=4)
+assert trainer.accelerator.num_processes == 2, trainer.accelerator.num_processes
+if trainer.accelerator.is_main_process:
+    logs = {{e["step"]: e for e in trainer.state.log_history if "loss" in e}}
+    with open(os.path.join(output_dir, "result.json"), "w") as file:
+        json.dump(logs, file)
+torch.distributed.barrier()  # then leave without gloo's teardown, as trl_robust.cli.distributed does
+sys.stdout.flush(); sys.stderr.flush()
+os._exit(0)
+"""
+
+
+def assert_same_logged_steps(two: dict, one, keys) -> dict:
+    """The two-rank run's training logs (`logged_steps_worker`) equal one process's (`one`, a trainer) at every step,
+    for each of `keys` the step logs; return one process's logs by step."""
+    import pytest
+
+    logs = {str(e["step"]): e for e in one.state.log_history if "loss" in e}
+    assert sorted(two, key=int) == sorted(logs, key=int)
+    for step, entry in logs.items():
+        for key in keys:
+            if key in entry:
+                assert two[step][key] == pytest.approx(entry[key], rel=1e-3, abs=1e-5), (step, key)
+    return logs
+
+
 def train_args(tmp_path, config_cls=None, **overrides):
     """A fast CPU config for the tiny model; tests override what they pin down."""
     from trl_robust import RobustDPOConfig

@@ -18,7 +18,7 @@ from trl_robust.noise import estimate_noise
 from trl_robust.noise.auto import FLOOR, UNIDENTIFIED, auto_filter_ratio, estimate_flip_rate
 from trl_robust.tiny import tiny_preference_records
 
-from .conftest import run_two_ranks, train_args
+from .conftest import assert_same_logged_steps, logged_steps_worker, run_two_ranks, train_args
 from .test_filtering import independent_margins
 from .test_reliability import Interrupt
 
@@ -250,24 +250,6 @@ def test_a_resumed_auto_run_estimates_and_filters_as_the_uninterrupted_run(tiny_
         torch.testing.assert_close(p_resumed, p_full, rtol=1e-5, atol=1e-6, msg=name)
 
 
-WORKER = """
-import json, os, sys
-import torch
-from tests.test_auto_filter import two_process_run
-
-model_path, output_dir = sys.argv[1], sys.argv[2]
-trainer = two_process_run(model_path, output_dir, per_device=4)
-assert trainer.accelerator.num_processes == 2, trainer.accelerator.num_processes
-if trainer.accelerator.is_main_process:
-    logs = {e["step"]: e for e in trainer.state.log_history if "loss" in e}
-    with open(os.path.join(output_dir, "result.json"), "w") as file:
-        json.dump(logs, file)
-torch.distributed.barrier()
-sys.stdout.flush(); sys.stderr.flush()
-os._exit(0)
-"""
-
-
 def two_process_run(model_path, output_dir, per_device):
     """ROPO auto on 32 pairs, 8 per optimizer step either way. (With an uneven last batch two processes would train
     on accelerate's padding rows too, so their losses would differ from one process's whatever trl-robust does.)"""
@@ -283,14 +265,10 @@ def two_process_run(model_path, output_dir, per_device):
 
 
 def test_two_processes_estimate_and_filter_as_one_with_the_same_global_batch(tiny_model_path, tmp_path):
-    two = run_two_ranks(WORKER, tmp_path, tiny_model_path)
+    two = run_two_ranks(logged_steps_worker("tests.test_auto_filter:two_process_run"), tmp_path, tiny_model_path)
 
     one = two_process_run(tiny_model_path, tmp_path / "one", per_device=8)
-    logs = {str(e["step"]): e for e in one.state.log_history if "loss" in e}
-    assert sorted(two, key=int) == sorted(logs, key=int)
+    keys = ("loss", "ropo/filtered_frac", "noise/estimated_flip_rate", "noise/filter_ratio")
+    logs = assert_same_logged_steps(two, one, keys)
     estimated = [step for step in logs if "noise/estimated_flip_rate" in logs[step]]
     assert len(estimated) == 3  # epochs 2-4
-    for step, entry in logs.items():
-        for key in ("loss", "ropo/filtered_frac", "noise/estimated_flip_rate", "noise/filter_ratio"):
-            if key in entry:
-                assert two[step][key] == pytest.approx(entry[key], rel=1e-3, abs=1e-5), (step, key)

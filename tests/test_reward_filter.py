@@ -4,6 +4,7 @@ for the epoch scope and `auto` — Bradley–Terry with the filter on is TRL's l
 decide as one, and bad settings fail at construction."""
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from trl_robust.data import FLIP_COLUMN, ROW_COLUMN, flip_preferences
 from trl_robust.noise.auto import auto_filter_ratio, estimate_flip_rate
 from trl_robust.tiny import tiny_preference_records
 
-from .conftest import run_two_ranks
+from .conftest import assert_same_logged_steps, logged_steps_worker, run_two_ranks
 from .test_reward import (  # noqa: F401 (no_reward_model_loading: a fixture used by name)
     CHOSEN,
     RAW_Z,
@@ -30,7 +31,7 @@ from .test_reward import (  # noqa: F401 (no_reward_model_loading: a fixture use
     softplus,
 )
 
-REPO_RECIPE = "recipes/reward_ropo.yaml"
+REPO_RECIPE = str(Path(__file__).resolve().parent.parent / "recipes" / "reward_ropo.yaml")
 
 
 def noisy_pairs(n=48):
@@ -189,24 +190,6 @@ def test_auto_estimates_from_the_last_epochs_reward_margins_and_distrusts_their_
 # --- two processes ----------------------------------------------------------------------------------------------------
 
 
-WORKER = """
-import json, os, sys
-import torch
-from tests.test_reward_filter import two_process_run
-
-model_path, output_dir = sys.argv[1], sys.argv[2]
-trainer = two_process_run(model_path, output_dir, per_device=4)
-assert trainer.accelerator.num_processes == 2, trainer.accelerator.num_processes
-if trainer.accelerator.is_main_process:
-    logs = {e["step"]: e for e in trainer.state.log_history if "loss" in e}
-    with open(os.path.join(output_dir, "result.json"), "w") as file:
-        json.dump(logs, file)
-torch.distributed.barrier()
-sys.stdout.flush(); sys.stderr.flush()
-os._exit(0)
-"""
-
-
 def two_process_run(model_path, output_dir, per_device):
     """Bradley–Terry with `auto` on 32 pairs, 8 per optimizer step either way (an even split: no padding rows), at a
     learning rate low enough that float rounding of the all-reduce does not grow into a different run."""
@@ -224,17 +207,13 @@ def two_process_run(model_path, output_dir, per_device):
 
 
 def test_two_processes_estimate_and_filter_a_reward_model_as_one(tiny_model_path, tmp_path):
-    two = run_two_ranks(WORKER, tmp_path, tiny_model_path)
+    two = run_two_ranks(logged_steps_worker("tests.test_reward_filter:two_process_run"), tmp_path, tiny_model_path)
 
     one = two_process_run(tiny_model_path, tmp_path / "one", per_device=8)
-    logs = {str(e["step"]): e for e in one.state.log_history if "loss" in e}
-    assert sorted(two, key=int) == sorted(logs, key=int)
+    keys = ("loss", "bradley_terry/filtered_frac", "noise/estimated_flip_rate", "noise/filter_ratio")
+    logs = assert_same_logged_steps(two, one, keys)
     assert len([step for step in logs if "noise/filter_ratio" in logs[step]]) == 2  # epochs 2 and 3
     assert any(entry["bradley_terry/filtered_frac"] > 0 for entry in logs.values())  # it did filter
-    for step, entry in logs.items():
-        for key in ("loss", "bradley_terry/filtered_frac", "noise/estimated_flip_rate", "noise/filter_ratio"):
-            if key in entry:
-                assert two[step][key] == pytest.approx(entry[key], rel=1e-3, abs=1e-5), (step, key)
 
 
 # --- settings ------------------------------------------------------------------------------------------------------------
@@ -245,7 +224,7 @@ def test_the_command_line_reads_the_reward_filter_from_yaml_and_flags(tmp_path):
     config = args.training_args
     assert config.loss_type == "bradley_terry" and config.ropo_filter_ratio == "auto"
     recipe = tmp_path / "filter.yaml"
-    recipe.write_text(open(REPO_RECIPE).read() + "\nropo_filter_ratio: 0.2\nropo_filter_mode: correct\n")
+    recipe.write_text(Path(REPO_RECIPE).read_text() + "\nropo_filter_ratio: 0.2\nropo_filter_mode: correct\n")
     config = parse_reward_args(["--config", str(recipe)]).training_args
     assert (config.ropo_filter_ratio, config.ropo_filter_scope, config.ropo_filter_mode) == (0.2, None, "correct")
     with pytest.raises(UsageError, match="ropo_filter_scope='epoch'"):

@@ -146,7 +146,8 @@ class RobustDPOTrainer(RopoFilterMixin, DPOTrainer):
         spec = get_loss_spec(loss_type)
         if spec is None:  # e.g. a name unregistered after the trainer was built
             raise unknown_loss_type_error(loss_type)
-        first = loss_type == next(iter(self._robust_specs))  # (record once per batch, whatever the number of loss types)
+        # Margins are recorded once per batch, by the first registered loss type, whatever the number of loss types.
+        first = loss_type == next(iter(self._robust_specs), loss_type)
         if self._row_margins is not None:  # the epoch filter's scoring pass: record, train nothing, log nothing
             if first:
                 self._record_scored_margins(self.beta * (chosen_scores - rejected_scores))  # unclipped z
