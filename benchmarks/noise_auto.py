@@ -216,10 +216,10 @@ def sensitivity_report(results: list[dict], tasks: dict) -> str:
     return "\n".join(lines)
 
 
-def report(results: list[dict], command: str, minutes: float | None, tasks=None) -> str:
+def report(results: list[dict], command: str, minutes: float | None, ran: int = 0, tasks=None) -> str:
     sections = [
         "# The one flag: `loss_type: ropo` + `ropo_filter_ratio: auto` against DPO early-stopped",
-        f"`{command}` — {len(results)} runs" + (f" in {minutes:.1f} min" if minutes else "") + ". "
+        f"`{command}` — {nb.runs_note(len(results), ran, minutes)}" + ". "
         f"Auto mode: ε̂ each epoch from the training steps' own margins (`{auto.ESTIMATOR}`), ρ = mean of the last "
         f"{auto.SMOOTHING_EPOCHS} estimates, no filtering while ρ < {auto.FLOOR}, estimates ≥ {auto.UNIDENTIFIED} "
         "unused. Clean accuracy = TRL's `rewards/accuracies` on a clean held-out split.",
@@ -243,7 +243,7 @@ def main(argv=None) -> None:
     results_file = out / "noise_auto.jsonl"
     tasks = {"quick": QUICK} if args.quick else {name: TASKS[name] for name in args.tasks}
     done = [json.loads(line) for line in results_file.read_text().splitlines()] if results_file.exists() else []
-    start = time.perf_counter()
+    start, reused = time.perf_counter(), len(done)
     if not args.report_only:
         seen = {key(r) for r in done}
         # Seed by seed across the tasks, so that an interrupted run has complete, paired seeds on every task.
@@ -259,7 +259,7 @@ def main(argv=None) -> None:
     minutes = (time.perf_counter() - start) / 60 if not args.report_only else None
     command = "python benchmarks/noise_auto.py" + (" --quick" if args.quick else "")
     command += f" --seeds {args.seeds}" if args.seeds != 10 and not args.quick else ""
-    text = report(done, command, minutes, tasks)
+    text = report(done, command, minutes, ran=len(done) - reused, tasks=tasks)
     (out / "noise_auto.md").write_text(text)
     print(text)
 

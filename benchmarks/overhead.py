@@ -35,7 +35,8 @@ CONFIGS = [("stock TRL", "sigmoid", ()), ("trl-robust", "sigmoid", ()), ("trl-ro
            ("trl-robust", "ropo", (("ropo_filter_ratio", "auto"),))]
 # Reward models: stock `trl.RewardTrainer` (Bradley–Terry) against `RobustRewardTrainer`, its own baseline.
 REWARD_CONFIGS = [("stock TRL", "bradley_terry", ()), ("trl-robust", "bradley_terry", ()),
-                  ("trl-robust", "sympo_sigmoid", ()), ("trl-robust", "ropo", ())]
+                  ("trl-robust", "sympo_sigmoid", ()), ("trl-robust", "ropo", ()),
+                  ("trl-robust", "bradley_terry", (("ropo_filter_ratio", "auto"),))]
 EPOCHS = 3  # every run spans 3 epochs, so that `ropo_filter_ratio: auto` records, estimates and filters twice
 MODELS = {"tiny": dict(hidden_size=32, num_layers=2), "small": dict(hidden_size=512, num_layers=8)}
 
@@ -125,6 +126,36 @@ def measure(trainer_kind: str, loss_type: str, extra: tuple, model_path: str, st
     return {"steps_per_second": steps_per_second, "peak_memory_mib": peak, "estimator_share": estimator_share}
 
 
+def table_rows(configs, family: str, paths: dict, rounds: int, quick: bool, context) -> list[str]:
+    """Measure every configuration on every model, interleaved over `rounds`, each in a fresh process; one table row
+    each, with ratios against the first configuration."""
+    from transformers import AutoModelForCausalLM
+
+    rows = []
+    for name, path in paths.items():
+        n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(path).parameters())
+        steps, batch = {"tiny": (60, 16), "small": (24, 8)}[name] if not quick else (10, 8)
+        samples = {config: [] for config in configs}
+        for _ in range(rounds):
+            for config in configs:
+                with context.Pool(1, maxtasksperchild=1) as pool:
+                    samples[config].append(pool.apply(measure, (*config, str(path), steps, batch, family)))
+        base_speed = statistics.median(s["steps_per_second"] for s in samples[configs[0]])
+        base_memory = statistics.median(s["peak_memory_mib"] for s in samples[configs[0]])
+        for config in configs:
+            speed = statistics.median(s["steps_per_second"] for s in samples[config])
+            memory = statistics.median(s["peak_memory_mib"] for s in samples[config])
+            ratio = dict(config[2]).get("ropo_filter_ratio")
+            label = f"`{config[1]}`" + {None: "", 0.2: " + filter (ρ 0.2, per step)", "auto": " + `ropo_filter_ratio: auto`"}[ratio]
+            shares = [s["estimator_share"] for s in samples[config] if s["estimator_share"] is not None]
+            share = f"{statistics.median(shares):.4f}" if shares else "–"
+            rows.append(
+                f"| {name} ({n_params / 1e6:.2f}M) | {config[0]} | {label} | {speed:.2f} | {speed / base_speed:.3f} "
+                f"| {memory:.0f} | {memory / base_memory:.3f} | {share} |"
+            )
+    return rows
+
+
 def main(argv=None) -> None:
     (args,) = HfArgumentParser(OverheadArguments).parse_args_into_dataclasses(argv)
     from trl_robust.tiny import make_tiny_model
@@ -145,53 +176,20 @@ def main(argv=None) -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     context = multiprocessing.get_context("spawn")
-    for name, shape in models.items():
-        path = make_tiny_model(work / name, **shape)
-        n_params = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(path).parameters())
-        steps, batch = {"tiny": (60, 16), "small": (24, 8)}[name] if not args.quick else (10, 8)
-        samples = {config: [] for config in CONFIGS}
-        for _ in range(rounds):
-            for config in CONFIGS:
-                with context.Pool(1, maxtasksperchild=1) as pool:
-                    samples[config].append(pool.apply(measure, (*config, path, steps, batch)))
-        base_speed = statistics.median(s["steps_per_second"] for s in samples[CONFIGS[0]])
-        base_memory = statistics.median(s["peak_memory_mib"] for s in samples[CONFIGS[0]])
-        for config in CONFIGS:
-            speed = statistics.median(s["steps_per_second"] for s in samples[config])
-            memory = statistics.median(s["peak_memory_mib"] for s in samples[config])
-            ratio = dict(config[2]).get("ropo_filter_ratio")
-            label = f"`{config[1]}`" + {None: "", 0.2: " + filter (ρ 0.2, per step)", "auto": " + `ropo_filter_ratio: auto`"}[ratio]
-            shares = [s["estimator_share"] for s in samples[config] if s["estimator_share"] is not None]
-            share = f"{statistics.median(shares):.4f}" if shares else "–"
-            lines.append(
-                f"| {name} ({n_params / 1e6:.2f}M) | {config[0]} | {label} | {speed:.2f} | {speed / base_speed:.3f} "
-                f"| {memory:.0f} | {memory / base_memory:.3f} | {share} |"
-            )
+    paths = {name: make_tiny_model(work / name, **shape) for name, shape in models.items()}
+    lines += table_rows(CONFIGS, "dpo", paths, rounds, args.quick, context)
     lines += [
         "",
         "## Reward models",
         "",
         "Stock `trl.RewardTrainer` (Bradley–Terry) against `trl_robust.RewardTrainer` on the same model with a "
-        "one-output head, same data and steps, same rounds (ratios against the first row, > 1 = faster / more memory).",
+        "one-output head, same data and steps, same rounds (ratios against the first row, > 1 = faster / more memory). "
+        "`bradley_terry` with `ropo_filter_ratio: auto` is computed by trl-robust per pair (TRL's code runs otherwise).",
         "",
-        "| model | trainer | loss_type | steps/s | ratio | peak memory (MiB) | ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| model | trainer | loss_type | steps/s | ratio | peak memory (MiB) | ratio | estimator / epoch |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, shape in models.items():
-        path = str(work / name)
-        steps, batch = {"tiny": (60, 16), "small": (24, 8)}[name] if not args.quick else (10, 8)
-        samples = {config: [] for config in REWARD_CONFIGS}
-        for _ in range(rounds):
-            for config in REWARD_CONFIGS:
-                with context.Pool(1, maxtasksperchild=1) as pool:
-                    samples[config].append(pool.apply(measure, (*config, path, steps, batch, "reward")))
-        base_speed = statistics.median(s["steps_per_second"] for s in samples[REWARD_CONFIGS[0]])
-        base_memory = statistics.median(s["peak_memory_mib"] for s in samples[REWARD_CONFIGS[0]])
-        for config in REWARD_CONFIGS:
-            speed = statistics.median(s["steps_per_second"] for s in samples[config])
-            memory = statistics.median(s["peak_memory_mib"] for s in samples[config])
-            lines.append(f"| {name} | {config[0]} | `{config[1]}` | {speed:.2f} | {speed / base_speed:.3f} "
-                         f"| {memory:.0f} | {memory / base_memory:.3f} |")
+    lines += table_rows(REWARD_CONFIGS, "reward", paths, rounds, args.quick, context)
     report = "\n".join(lines) + "\n"
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

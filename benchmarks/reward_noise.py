@@ -1,19 +1,24 @@
-"""Do the symmetric losses make a better reward model under label noise? Bradley–Terry against SymPO's three losses.
+"""Do the symmetric losses, or ROPO's filter, make a better reward model under label noise? Bradley–Terry against SymPO's
+three losses, against itself with `ropo_filter_ratio: auto`, and against the ROPO loss with it.
 
-On the synthetic task of `trl_robust.experiments` (a known true reward, `synthetic.RewardModel`), a reward model is the
-task's reference causal LM with TRL's fresh one-output classification head (as `RobustRewardTrainer` loads any causal LM
-path), trained with `loss_type` bradley_terry, sympo_sigmoid, sympo_ramp and sympo_unhinged on the same noisy pairs, with
-the same initialisation and optimiser (paired by seed). Per epoch:
+On the two synthetic tasks of the DPO benchmarks (`TASKS`; `trl_robust.experiments`: a known true reward,
+`synthetic.RewardModel`), a reward model is the task's reference causal LM with TRL's fresh one-output classification
+head (as `RobustRewardTrainer` loads any causal LM path), trained on the same noisy pairs with the same initialisation
+and optimiser (paired by seed) by each of `METHODS`: `loss_type` bradley_terry, sympo_sigmoid, sympo_ramp and
+sympo_unhinged; bradley_terry and ropo with ROPO's filter at `ropo_filter_ratio: auto` (the flip rate estimated each
+epoch from the training margins, that share distrusted); and Bradley–Terry on only the unflipped pairs (the oracle:
+what a filter that knew the flips would leave). Per epoch:
 - clean held-out pairwise accuracy: TRL's reward `accuracy` on a clean test split;
 - the same on a *noisy* validation split (what a user without clean labels can early-stop on);
 - Spearman's rank correlation of the reward model's score with the true reward, over held-out (prompt, response)
   samples (both responses of each clean test pair): the ranking SymPO's theory says a symmetric loss keeps.
-Reported: Bradley–Terry early-stopped on the noisy validation split and at its last epoch, each symmetric loss at its last
-epoch (mean ± std over seeds), and the paired differences by seed. Cells: symmetric flips at 0, 20, 40%, and 20% from an
-annotator who prefers the longer response (`prefer_longer`).
+Reported: Bradley–Terry early-stopped on the noisy validation split and at its last epoch, each other method at its last
+epoch (mean ± std over seeds), the paired differences by seed, and the auto filter's estimated flip rate and precision,
+per task. Cells: symmetric flips at 0, 20, 40%, and 20% from an annotator who prefers the longer response
+(`prefer_longer`).
 
-    python benchmarks/reward_noise.py                 # 10 seeds, 160 runs: 27 min on 2 CPU cores
-    python benchmarks/reward_noise.py --seeds 3       # a smaller look
+    python benchmarks/reward_noise.py                 # 10 seeds, both tasks, 560 runs: ~50 min on 2 CPU cores
+    python benchmarks/reward_noise.py --seeds 3 --tasks first   # a smaller look
     python benchmarks/reward_noise.py --report_only   # the tables again from the results file
     python benchmarks/reward_noise.py --quick --output_dir /tmp/rm   # smoke run: 1 seed, 0% and 40%, 2 epochs
 
@@ -39,11 +44,27 @@ from transformers import HfArgumentParser  # noqa: E402
 from trl_robust.experiments import noise_benchmark as nb  # noqa: E402
 
 BT = "Bradley–Terry"
-METHODS = {BT: "bradley_terry", "SymPO-sigmoid": "sympo_sigmoid", "SymPO-ramp": "sympo_ramp",
-           "SymPO-unhinged": "sympo_unhinged"}
+BT_AUTO = "Bradley–Terry + auto filter"
+ORACLE = "Bradley–Terry on the unflipped pairs (oracle)"
+# Each method's reward-config fields. The oracle trains Bradley–Terry on the pairs whose label was not flipped: what a
+# filter that knew the flips would leave (the ceiling of any filter).
+METHODS = {
+    BT: {"loss_type": "bradley_terry"},
+    "SymPO-sigmoid": {"loss_type": "sympo_sigmoid"},
+    "SymPO-ramp": {"loss_type": "sympo_ramp"},
+    "SymPO-unhinged": {"loss_type": "sympo_unhinged"},
+    BT_AUTO: {"loss_type": "bradley_terry", "ropo_filter_ratio": "auto"},
+    "ROPO + auto filter": {"loss_type": "ropo", "ropo_filter_ratio": "auto"},
+    ORACLE: {"loss_type": "bradley_terry"},
+}
+FILTERING = [name for name, config in METHODS.items() if "ropo_filter_ratio" in config]
 CELLS = (("symmetric", 0.0), ("symmetric", 0.2), ("symmetric", 0.4), ("prefer_longer", 0.2))
-# The task of the DPO benchmark, trained as a reward model: 10 epochs at a constant lr 3e-3 (not tuned for either loss).
-SETTING = replace(nb.Setting(), epochs=10, learning_rate=3e-3, reward_gain_every_epoch=False)
+# The two tasks of the DPO benchmarks, trained as reward models at a constant lr 3e-3 for 10 epochs (not tuned for any
+# method): the first (1000 pairs, ±1 word rewards with a topic bonus, batch 64) and `SECOND_TASK` (2000 pairs, graded
+# word rewards with many near-ties, batch 32).
+TASKS = {"first": replace(nb.Setting(), epochs=10, learning_rate=3e-3, reward_gain_every_epoch=False),
+         "second": replace(nb.SECOND_TASK, reward_gain_every_epoch=False)}
+SETTING = TASKS["first"]
 QUICK = replace(SETTING, n_train=200, n_validation=60, n_test=60, n_reward_prompts=20, epochs=2)
 QUICK_CELLS = (("symmetric", 0.0), ("symmetric", 0.4))
 
@@ -52,6 +73,7 @@ QUICK_CELLS = (("symmetric", 0.0), ("symmetric", 0.4))
 class Arguments:
     output_dir: str = field(default="benchmarks/results", metadata={"help": "Where the results and the report go."})
     seeds: int = field(default=10, metadata={"help": "Seeds per cell (paired across the losses)."})
+    tasks: list[str] = field(default_factory=lambda: list(TASKS), metadata={"help": "Tasks to run: first, second."})
     workers: int = field(default=0, metadata={"help": "Parallel runs (one CPU thread each); 0 = min(2, CPU count)."})
     report_only: bool = field(default=False, metadata={"help": "Only rewrite the report from the results file."})
     quick: bool = field(default=False, metadata={"help": "Smoke run: a 200-pair task, 2 epochs, 0% and 40%, 1 seed."})
@@ -77,8 +99,6 @@ def job_key(job: RewardJob) -> tuple:
 
 def spearman(scores, truth) -> float:
     """Spearman's ρ: Pearson's correlation of the average ranks (ties share their rank)."""
-    import numpy as np
-
     from trl_robust.audit import average_ranks
 
     a, b = average_ranks(scores), average_ranks(truth)
@@ -104,6 +124,8 @@ def run_reward_job(job: RewardJob, root) -> dict:
     true_reward = RewardModel.from_seed(job.seed, setting.reward)
     # The same flips as the DPO benchmark's for this seed, rate and mode.
     train = nb.noisy_train_split(root, nb.Job("DPO", job.noise, job.flip_rate, job.seed, setting))
+    if job.method == ORACLE:
+        train = train.filter(lambda row: not row["label_flipped"])
     validation = flip_preferences(Dataset.from_list(data["validation"]), job.flip_rate, seed=job.seed + 1000,
                                   mode=job.noise).remove_columns("label_flipped")
     test = Dataset.from_list(data["test"])
@@ -128,7 +150,7 @@ def run_reward_job(job: RewardJob, root) -> dict:
 
     args = RobustRewardConfig(
         output_dir=str(Path(root) / "runs" / f"{job.method}-{job.noise}-{job.flip_rate}-{job.seed}"),
-        loss_type=METHODS[job.method], learning_rate=setting.learning_rate, lr_scheduler_type="constant",
+        **METHODS[job.method], learning_rate=setting.learning_rate, lr_scheduler_type="constant",
         num_train_epochs=setting.epochs, per_device_train_batch_size=setting.batch_size, per_device_eval_batch_size=150,
         eval_strategy="epoch", logging_strategy="epoch", save_strategy="no", report_to="none", use_cpu=True, bf16=False,
         gradient_checkpointing=False, disable_tqdm=True, seed=job.seed, data_seed=job.seed,
@@ -147,6 +169,10 @@ def run_reward_job(job: RewardJob, root) -> dict:
         "clean_accuracy": [e["eval_accuracy"] for e in history if "eval_clean_loss" in e],
         "noisy_val_accuracy": [e["eval_accuracy"] for e in history if "eval_noisy_val_loss" in e],
         "spearman": correlations,
+        # The filter's own log, once per epoch from the second on (`auto`): its estimate, and how well it chose.
+        "estimated_flip_rate": [e.get("noise/estimated_flip_rate") for e in history if "noise/filter_ratio" in e],
+        "filter_precision": [e.get(f"{args.loss_type}/filter_precision") for e in history
+                             if f"{args.loss_type}/filtered_frac" in e],
         "seconds": time.perf_counter() - start,
     }
 
@@ -188,20 +214,35 @@ def ms(values, scale=1.0, digits=3, sign="") -> str:
     return f"{statistics.fmean(values) * scale:{sign}.{digits}f} ± {std * scale:.{digits}f}"
 
 
-def report(results: list[dict], command: str, minutes: float | None) -> str:
-    runs = {(r["method"], r["noise"], r["flip_rate"], r["seed"]): outcomes(r) for r in results}
-    seeds = sorted({r["seed"] for r in results})
-    cells = sorted({(r["noise"], r["flip_rate"]) for r in results}, key=lambda c: (c[0] != "symmetric", c))
-    setting = results[0]["setting"] if results else asdict(SETTING)
+def report(results: list[dict], command: str, minutes: float | None, ran: int = 0) -> str:
     lines = [
-        "# Robust reward models under label noise: Bradley–Terry vs SymPO's symmetric losses",
+        "# Robust reward models under label noise: Bradley–Terry vs SymPO's symmetric losses and ROPO's filter",
         "",
-        f"`{command}` — {len(results)} runs" + (f" in {minutes:.1f} min" if minutes else "") + f"; seeds {len(seeds)}. "
-        f"Task: {setting['n_train']} pairs, reward `{setting['reward']}`, {setting['epochs']} epochs, constant lr "
-        f"{setting['learning_rate']}, batch {setting['batch_size']}; the reward model is the task's reference LM with a "
+        f"`{command}` — {nb.runs_note(len(results), ran, minutes)}. The reward model is the task's reference LM with a "
         "fresh one-output head. Accuracy: TRL's reward `accuracy` on a clean held-out split (points). ρ: Spearman's rank "
         "correlation of the score with the true reward on held-out (prompt, response) samples. Bradley–Terry "
         "early-stopped = at its epoch with the best accuracy on a *noisy* validation split.",
+    ]
+    by_task = {}
+    for result in results:
+        setting = result["setting"]
+        by_task.setdefault((setting["reward"], setting["n_train"]), []).append(result)
+    names = {(t.reward, t.n_train): name for name, t in TASKS.items()}
+    for task, mine in by_task.items():
+        lines += task_report(mine, names.get(task, "quick"))
+    return "\n".join(lines) + "\n"
+
+
+def task_report(results: list[dict], name: str) -> list[str]:
+    """One task's tables: every method at each noise cell, paired against Bradley–Terry; then the filter's estimate."""
+    runs = {(r["method"], r["noise"], r["flip_rate"], r["seed"]): outcomes(r) for r in results}
+    seeds = sorted({r["seed"] for r in results})
+    cells = sorted({(r["noise"], r["flip_rate"]) for r in results}, key=lambda c: (c[0] != "symmetric", c))
+    setting = results[0]["setting"]
+    lines = [
+        "", f"# The {name} task", "",
+        f"{setting['n_train']} pairs, reward `{setting['reward']}`, {setting['epochs']} epochs, constant lr "
+        f"{setting['learning_rate']}, batch {setting['batch_size']}; {len(results)} runs, seeds {len(seeds)}.",
     ]
     rows = [(f"{BT}, early-stopped", BT, "early"), (f"{BT}, last epoch", BT, "last")]
     rows += [(f"{m}, last epoch", m, "last") for m in METHODS if m != BT]
@@ -228,7 +269,39 @@ def report(results: list[dict], command: str, minutes: float | None) -> str:
                 + ("–" if is_bt and when == "early" else ms(d_rho, 1, 3, "+")) + " | "
                 + ("–" if is_bt and when == "last" else ms(d_last, 100, 1, "+")) + " |"
             )
-    return "\n".join(lines) + "\n"
+    return lines + filter_report(results, cells)
+
+
+def filter_report(results: list[dict], cells) -> list[str]:
+    """For the methods with `ropo_filter_ratio: auto`: the flip rate they estimated (mean over the epochs from the third
+    on, the first two estimates coming from a barely trained model; then over seeds) and the share of their suspects
+    that were truly flipped."""
+    filtered = [r for r in results if r["method"] in FILTERING and r.get("estimated_flip_rate")]
+    if not filtered:
+        return []
+    lines = ["", "## The auto filter: estimated flip rate and precision", "",
+             "ε̂: mean over the epochs from the third on of the estimate the filter made at the start of each epoch, then "
+             "mean ± std over seeds (– where every estimate was refused). Precision: of the pairs it distrusted, the "
+             "share whose label was flipped (mean over epochs, then seeds).", "",
+             "| method | flips | ε̂ | precision |", "|---|---|---|---|"]
+    for method in FILTERING:
+        for noise, rate in cells:
+            runs = [r for r in filtered if (r["method"], r["noise"], r["flip_rate"]) == (method, noise, rate)]
+            if not runs:
+                continue
+            estimates = []
+            for r in runs:
+                later = [e for e in r["estimated_flip_rate"][1:] if e is not None]
+                if later:
+                    estimates.append(statistics.fmean(later))
+            precisions = []
+            for r in runs:
+                values = [v for v in r["filter_precision"] if v is not None]
+                if values:
+                    precisions.append(statistics.fmean(values))
+            label = f"{rate:.0%} " + ("symmetric" if noise == "symmetric" else "prefer_longer")
+            lines.append(f"| {method} | {label} | {ms(estimates)} | {ms(precisions, 1, 2)} |")
+    return lines
 
 
 def main(argv=None) -> None:
@@ -239,19 +312,24 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "reward_noise.jsonl"
     done = [json.loads(line) for line in results_file.read_text().splitlines()] if results_file.exists() else []
-    start = time.perf_counter()
+    start, reused = time.perf_counter(), len(done)
     if not args.report_only:
-        setting, cells, seeds = (QUICK, QUICK_CELLS, [0]) if args.quick else (SETTING, CELLS, range(args.seeds))
+        unknown = set(args.tasks) - set(TASKS)
+        if unknown:
+            raise SystemExit(f"unknown task(s) {sorted(unknown)}; the tasks are {list(TASKS)}")
+        tasks = [QUICK] if args.quick else [TASKS[name] for name in args.tasks]
+        cells, seeds = (QUICK_CELLS, [0]) if args.quick else (CELLS, range(args.seeds))
         seen = {key(r) for r in done}
         # Seed by seed, so that an interrupted run has complete, paired seeds.
-        jobs = [RewardJob(m, noise, rate, seed, setting) for seed in seeds for noise, rate in cells for m in METHODS]
+        jobs = [RewardJob(m, noise, rate, seed, setting) for setting in tasks for seed in seeds for noise, rate in cells
+                for m in METHODS]
         jobs = [j for j in jobs if job_key(j) not in seen]
         if jobs:
             done += run_grid(jobs, out / "work", workers=args.workers or nb.cpu_workers(), results_file=results_file)
     minutes = (time.perf_counter() - start) / 60 if not args.report_only else None
     command = "python benchmarks/reward_noise.py" + (" --quick" if args.quick else "")
     command += f" --seeds {args.seeds}" if args.seeds != 10 and not args.quick else ""
-    text = report(done, command, minutes)
+    text = report(done, command, minutes, len(done) - reused)
     (out / "reward_noise.md").write_text(text)
     print(text)
 

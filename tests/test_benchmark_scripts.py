@@ -41,7 +41,8 @@ def test_overhead_benchmark_reports_ratios_against_stock_trl(tmp_path):
     # Reward models, against stock RewardTrainer measured in the same run.
     rows = [[cell.strip() for cell in line.split("|")[2:8]] for line in reward_table.splitlines() if line.startswith("| tiny")]
     assert [row[:2] for row in rows] == [["stock TRL", "`bradley_terry`"], ["trl-robust", "`bradley_terry`"],
-                                         ["trl-robust", "`sympo_sigmoid`"], ["trl-robust", "`ropo`"]]
+                                         ["trl-robust", "`sympo_sigmoid`"], ["trl-robust", "`ropo`"],
+                                         ["trl-robust", "`bradley_terry` + `ropo_filter_ratio: auto`"]]
     stock_speed = float(rows[0][2])
     for row in rows:
         assert float(row[3]) == pytest.approx(float(row[2]) / stock_speed, abs=6e-3)
@@ -99,8 +100,12 @@ def test_the_auto_benchmark_compares_the_one_flag_with_dpo_and_the_oracle(tmp_pa
 def test_the_reward_benchmark_compares_bradley_terry_with_the_symmetric_losses(tmp_path):
     run_benchmark("reward_noise.py", tmp_path, "--quick")
     records = [json.loads(line) for line in (tmp_path / "reward_noise.jsonl").read_text().splitlines()]
-    losses = ("Bradley–Terry", "SymPO-sigmoid", "SymPO-ramp", "SymPO-unhinged")
-    assert sorted((r["method"], r["flip_rate"]) for r in records) == sorted((m, rate) for m in losses for rate in (0.0, 0.4))
+    methods = ("Bradley–Terry", "SymPO-sigmoid", "SymPO-ramp", "SymPO-unhinged", "Bradley–Terry + auto filter",
+               "ROPO + auto filter", "Bradley–Terry on the unflipped pairs (oracle)")
+    assert sorted((r["method"], r["flip_rate"]) for r in records) == sorted((m, rate) for m in methods for rate in (0.0, 0.4))
+    for record in records:
+        # The auto filter decides once in 2 epochs, at the start of the second; the other methods have no filter log.
+        assert len(record["estimated_flip_rate"]) == (1 if "auto filter" in record["method"] else 0)
     for record in records:
         # One value per epoch (2 in the quick mode) of each curve: the clean and noisy splits told apart.
         assert len(record["clean_accuracy"]) == len(record["noisy_val_accuracy"]) == len(record["spearman"]) == 2
@@ -111,6 +116,7 @@ def test_the_reward_benchmark_compares_bradley_terry_with_the_symmetric_losses(t
     assert any(r["clean_accuracy"] != r["noisy_val_accuracy"] for r in noisy)
     report = (tmp_path / "reward_noise.md").read_text()
     assert "## 0% symmetric flips" in report and "## 40% symmetric flips" in report
+    assert "| Bradley–Terry on the unflipped pairs (oracle), last epoch |" in report
     rows = [line for line in report.splitlines() if line.startswith("| SymPO-sigmoid, last epoch |")]
     assert len(rows) == 2
     # The row's accuracy is that run's last-epoch clean accuracy, in points; the paired difference against BT early-stopped.

@@ -531,6 +531,16 @@ def grid_jobs(methods, flip_rates, seeds, setting: Setting, bias_rate: float | N
     return jobs
 
 
+def runs_note(total: int, ran: int, minutes: float | None) -> str:
+    """"N runs in M min" for a report's header; where earlier calls' results were reused (the benchmarks resume), the
+    time is said to be this call's alone."""
+    if not minutes or not ran:
+        return f"{total} runs"
+    if ran == total:
+        return f"{total} runs in {minutes:.1f} min"
+    return f"{total} runs ({ran} of them run by this call, in {minutes:.1f} min; the others reused)"
+
+
 def cpu_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
