@@ -16,12 +16,26 @@ must meet), and the paper behind it.
 A hyperparameter's value comes from the config attribute of the same name when the config has one (subclass
 `RobustDPOConfig` to add it), else from its default. Registering needs no TRL code; clashes with TRL's built-in names
 are refused here when the installed TRL can be read, and by `trl_robust.compat`'s probe otherwise.
+
+A separately installed package registers its losses through the entry-point group `trl_robust.losses`
+(`ENTRY_POINT_GROUP`), so that they reach every process that resolves loss types, including the training processes
+`trl-robust dpo`/`trl-robust reward` launch and the audit:
+
+    # the plugin's pyproject.toml
+    [project.entry-points."trl_robust.losses"]
+    tanh_margin = "my_package.losses:register"    # a function that calls `register_loss`, or a module that does
+
+Each entry point's object is imported, and called if it is callable, the first time a loss type is resolved in a
+process (`get_loss_spec`, `registered_loss_types`, `available_loss_types`, ...; never at `import trl_robust`). A
+plugin that fails to load raises `LossPluginError` naming it, every time a loss type is resolved: never a silent skip.
 """
 
 import difflib
+import importlib.metadata
 import math
 import re
 import textwrap
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -111,6 +125,64 @@ _REGISTRY: dict[str, LossSpec] = {}
 _deferring_trl_check = False  # True only while this module registers the package's own losses
 _VALID_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
+ENTRY_POINT_GROUP = "trl_robust.losses"
+
+
+class LossPluginError(RuntimeError):
+    """A package's `trl_robust.losses` entry point could not be imported or failed while registering its losses."""
+
+
+_plugin_lock = threading.RLock()
+_plugins_loading = False  # True while the entry points' objects run (they call `register_loss`): no recursion
+_plugins_loaded = False  # every entry point of the group loaded without an error, in this process
+_loaded_entry_points: set[tuple[str, str]] = set()  # (name, value) of those already run, never run twice
+
+
+def load_loss_plugins() -> None:
+    """Import (and call, if callable) the object of every `trl_robust.losses` entry point not yet loaded.
+
+    Runs by itself the first time a loss type is resolved in a process; call it to load plugins earlier. Loads each
+    entry point once per process. Raises `LossPluginError` naming the entry point and its distribution when one fails
+    (and again at the next resolution: a broken plugin is never skipped silently).
+    """
+    global _plugins_loading, _plugins_loaded
+    if _plugins_loaded or _plugins_loading or _deferring_trl_check:
+        return
+    with _plugin_lock:
+        if _plugins_loaded or _plugins_loading:
+            return
+        _plugins_loading = True
+        try:
+            for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+                key = (entry_point.name, entry_point.value)
+                if key in _loaded_entry_points:
+                    continue
+                _load_entry_point(entry_point)
+                _loaded_entry_points.add(key)
+            _plugins_loaded = True
+        finally:
+            _plugins_loading = False
+
+
+def _load_entry_point(entry_point) -> None:
+    dist = getattr(entry_point, "dist", None)
+    source = f"the package {dist.name!r} {dist.version}" if dist is not None else "an installed package"
+    where = f"entry point {entry_point.name!r} = {entry_point.value!r} in group {ENTRY_POINT_GROUP!r} of {source}"
+    try:
+        target = entry_point.load()
+    except Exception as error:
+        raise LossPluginError(
+            f"The loss plugin {where} failed to import: {type(error).__name__}: {error}. "
+            "Fix or uninstall that package; trl-robust does not skip a loss plugin it cannot load."
+        ) from error
+    if callable(target):
+        try:
+            target()
+        except Exception as error:
+            raise LossPluginError(
+                f"The loss plugin {where} failed while registering its losses: {type(error).__name__}: {error}"
+            ) from error
+
 
 def register_loss(
     name: str,
@@ -143,6 +215,7 @@ def register_loss(
         ValueError: the name is malformed, clashes with a TRL built-in loss type, or is already registered.
         TypeError: `fn` is not callable.
     """
+    load_loss_plugins()  # an installed plugin's names are taken first, whatever the order of the calls
     if not isinstance(name, str) or not _VALID_NAME.match(name):
         raise ValueError(f"Loss type name {name!r} is invalid: use a lower-case identifier such as 'my_loss'.")
     if not _deferring_trl_check and name in _readable_trl_builtins():
@@ -184,6 +257,7 @@ def _readable_trl_builtins() -> tuple[str, ...]:
 
 def unregister_loss(name: str) -> None:
     """Remove a registered loss type (TRL's built-ins cannot be removed)."""
+    load_loss_plugins()
     if name not in _REGISTRY:
         raise KeyError(f"Loss type {name!r} is not registered; registered: {sorted(_REGISTRY)}.")
     del _REGISTRY[name]
@@ -191,16 +265,19 @@ def unregister_loss(name: str) -> None:
 
 def get_loss_spec(name: str) -> LossSpec | None:
     """The `LossSpec` registered under `name`, or None (TRL built-ins and unknown names)."""
+    load_loss_plugins()
     return _REGISTRY.get(name)
 
 
 def registered_loss_types() -> list[str]:
     """Names added through `register_loss`, in registration order."""
+    load_loss_plugins()
     return list(_REGISTRY)
 
 
 def available_loss_types() -> list[str]:
     """Every name `loss_type` accepts: TRL's built-ins (read from the installed TRL) plus the registered ones."""
+    load_loss_plugins()
     from .compat import trl_builtin_loss_types
 
     return [*trl_builtin_loss_types(), *_REGISTRY]
@@ -208,6 +285,7 @@ def available_loss_types() -> list[str]:
 
 def hyperparameter_defaults() -> dict[str, Any]:
     """Config attribute → default, for every registered hyperparameter that has one."""
+    load_loss_plugins()
     return {
         h.attribute: h.default for spec in _REGISTRY.values() for h in spec.hyperparameters.values() if h.has_default
     }
@@ -215,6 +293,7 @@ def hyperparameter_defaults() -> dict[str, Any]:
 
 def registered_hyperparameters() -> dict[str, Hyperparameter]:
     """Config attribute → `Hyperparameter`, over every registered loss (the first registration of a shared one)."""
+    load_loss_plugins()
     found = {}
     for spec in _REGISTRY.values():
         for h in spec.hyperparameters.values():
@@ -222,12 +301,30 @@ def registered_hyperparameters() -> dict[str, Hyperparameter]:
     return found
 
 
-def unknown_loss_type_error(name) -> ValueError:
-    """The error for a `loss_type` nobody implements: names the closest valid one and lists them all."""
-    valid = available_loss_types()
+def config_class_with(config_cls: type, attributes) -> type:
+    """`config_cls`, or a dataclass subclass of it with a field (default None) for each of `attributes` it lacks.
+
+    For code that builds a config from a registered loss's hyperparameters by name (the audit): a plugin's
+    hyperparameter is no field of `RobustDPOConfig`, and a dataclass refuses a keyword it has no field for. Such a
+    subclass is made on the fly, so it cannot be pickled: use it where the config is never saved.
+    """
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    missing = [name for name in dict.fromkeys(attributes) if name not in known]
+    if not missing:
+        return config_cls
+    extra = [(name, Any, dataclasses.field(default=None)) for name in missing]
+    return dataclasses.make_dataclass(config_cls.__name__, extra, bases=(config_cls,))
+
+
+def unknown_loss_type_error(name, valid: list[str] | None = None, what: str = "") -> ValueError:
+    """The error for a `loss_type` nobody implements: names the closest of `valid` (default: every DPO loss type) and
+    lists them all; `what` says for what ("for a reward model")."""
+    valid = available_loss_types() if valid is None else valid
     close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return ValueError(f"Unknown loss_type {name!r}.{hint} Valid loss types: {', '.join(valid)}.")
+    return ValueError(f"Unknown loss_type {name!r}{' ' + what if what else ''}.{hint} Valid loss types: {', '.join(valid)}.")
 
 
 ROPO_PAPER = Paper(
