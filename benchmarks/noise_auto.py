@@ -7,7 +7,7 @@ Through the real `RobustDPOTrainer`, paired by seed (same task, flips, initialis
   identification).
 Cells: symmetric flips at 0, 10, 20, 30, 40% and an annotator who prefers the longer answer at 20% (`prefer_longer`);
 DPO and the oracle only where the quality targets need them (0, 20, 40% and biased 20%). Two tasks
-(`noise_benchmark.Setting()` and `noise_benchmark.SECOND_TASK`): different reward structure, pairs, batch, learning
+(`harness.Setting()` and `harness.SECOND_TASK`): different reward structure, pairs, batch, learning
 rate and epochs.
 
     python benchmarks/noise_auto.py                 # 10 seeds, both tasks: ~50 min on 2 CPU cores
@@ -32,8 +32,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from transformers import HfArgumentParser  # noqa: E402
 
-from trl_robust.experiments import noise_benchmark as nb  # noqa: E402
-from trl_robust.noise import auto  # noqa: E402
+import harness as nb  # noqa: E402  benchmarks/harness.py: this folder is on sys.path when a script runs
+from trl_robust.filter import auto  # noqa: E402
 
 AUTO = "ROPO auto"
 # The true-reward gain only after the last epoch: this grid compares accuracies, and sampling every epoch doubles its time.
@@ -56,8 +56,8 @@ class Arguments:
     tasks: list[str] = field(default_factory=lambda: list(TASKS), metadata={"help": "Tasks to run: first, second."})
     workers: int = field(default=0, metadata={"help": "Parallel runs (one CPU thread each); 0 = min(2, CPU count)."})
     report_only: bool = field(default=False, metadata={"help": "Only rewrite the report from the results file."})
-    quick: bool = field(default=False, metadata={"help": "Smoke run: a 300-pair first task, 3 epochs, 0% and 40%, 1 seed."})
-    variants: int = field(default=0, metadata={"help": "Also run the auto mode's variants at 20% and 40% on this many "
+    quick: bool = field(default=False, metadata={"help": "Smoke run: a 300-pair first task, 3 epochs, 0%% and 40%%, 1 seed."})
+    variants: int = field(default=0, metadata={"help": "Also run the auto mode's variants at 20%% and 40%% on this many "
                                                         "seeds (their sensitivity section)."})
 
 

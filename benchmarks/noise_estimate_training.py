@@ -1,6 +1,6 @@
 """Does `trl_robust.noise.estimate_noise` recover the true flip rate ε from margins produced *during* DPO/ROPO training?
 
-Issue 12, step 1 ("choose by measurement"). On the benchmark's synthetic task (`trl_robust.experiments.noise_benchmark`,
+Issue 12, step 1 ("choose by measurement"). On the benchmark's synthetic task (`trl_robust.experiments.training_runs`,
 its default `Setting` unless told otherwise) each run trains DPO or ROPO on a noisy copy of the training split and, per
 epoch, feeds two signals to both estimators (`symmetric_mixture`, `calibrated_em`):
 
@@ -122,7 +122,7 @@ def run_one(loss: str, noise: str, flip_rate: float, seed: int, epochs: int, roo
 
     from trl_robust import RobustDPOTrainer
     from trl_robust.data import FLIP_COLUMN, ROW_COLUMN, flip_preferences
-    from trl_robust.experiments.noise_benchmark import (
+    from trl_robust.experiments.training_runs import (
         Job, Setting, build_task, noisy_train_split, task_dir, training_config,
     )
 
@@ -267,7 +267,7 @@ def _mean(values):
 
 
 def report(results: list[dict], command: str, minutes: float) -> str:
-    from trl_robust.experiments.noise_benchmark import Setting
+    from trl_robust.experiments.training_runs import Setting
 
     setting = Setting()
     epochs = max(r["epochs"] for r in results)
@@ -289,7 +289,7 @@ def report(results: list[dict], command: str, minutes: float) -> str:
     lines = [
         "# Flip-rate estimation from margins produced during training",
         f"`{command}` — {len(results)} runs in {minutes:.1f} min (1 worker, 1 thread; the machine shared with other "
-        f"jobs, so times are indicative). Synthetic task of `trl_robust.experiments.noise_benchmark` "
+        f"jobs, so times are indicative). Synthetic task of `trl_robust.experiments.training_runs` "
         f"(default `Setting`: {setting.n_train} training pairs, β {setting.beta}, AdamW lr {setting.learning_rate} "
         f"constant, batch {setting.batch_size}), {epochs} epochs, seeds {seeds}. DPO is TRL's sigmoid loss (run as "
         "the registered `dpo_recorded`, −log σ(z), so the margin hook sees it); ROPO at its default α 14, no filter.",
@@ -461,7 +461,7 @@ def main():
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from trl_robust.experiments.noise_benchmark import Setting
+    from trl_robust.experiments.training_runs import Setting
 
     epochs = args.epochs or Setting().epochs
     command = " ".join(["python benchmarks/noise_estimate_training.py",

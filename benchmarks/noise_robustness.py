@@ -1,6 +1,6 @@
 """Noise-robustness benchmark: which method keeps working as preference labels get noisier?
 
-On the built-in synthetic task (`trl_robust.synthetic`), through the real `RobustDPOTrainer`, with the same data,
+On the built-in synthetic task (`trl_robust.experiments.synthetic`), through the real `RobustDPOTrainer`, with the same data,
 initialisation and optimiser for all, × symmetric flip rates {0, 20, 40}% × 3 seeds (plus a length-biased annotator
 at 20% for the loss-only methods):
 - DPO, rDPO (given the true flip rate), IPO, and the loss-only robust methods ROPO, SymPO-sigmoid, SymPO-ramp;
@@ -27,14 +27,14 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from transformers import HfArgumentParser  # noqa: E402
 
-from trl_robust.experiments import noise_benchmark as nb  # noqa: E402
+import harness as nb  # noqa: E402  benchmarks/harness.py: this folder is on sys.path when a script runs
 
 
 @dataclass
 class BenchmarkArguments:
     output_dir: str = field(default="benchmarks/results", metadata={"help": "Where results, table and plot go."})
     quick: bool = field(
-        default=False, metadata={"help": "Smoke run: DPO, ROPO, the epoch filter and the retrain; 0% and 40%; 1 seed."}
+        default=False, metadata={"help": "Smoke run: DPO, ROPO, the epoch filter and the retrain; 0%% and 40%%; 1 seed."}
     )
     workers: int = field(default=0, metadata={"help": "Parallel runs (one CPU thread each); 0 = min(2, CPU count)."})
     seeds: int = field(default=3, metadata={"help": "Seeds per cell (full grid); each adds ~10 min on 2 cores."})

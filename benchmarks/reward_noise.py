@@ -41,7 +41,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from transformers import HfArgumentParser  # noqa: E402
 
-from trl_robust.experiments import noise_benchmark as nb  # noqa: E402
+import harness as nb  # noqa: E402  benchmarks/harness.py: this folder is on sys.path when a script runs
 
 BT = "Bradley–Terry"
 BT_AUTO = "Bradley–Terry + auto filter"
@@ -76,7 +76,7 @@ class Arguments:
     tasks: list[str] = field(default_factory=lambda: list(TASKS), metadata={"help": "Tasks to run: first, second."})
     workers: int = field(default=0, metadata={"help": "Parallel runs (one CPU thread each); 0 = min(2, CPU count)."})
     report_only: bool = field(default=False, metadata={"help": "Only rewrite the report from the results file."})
-    quick: bool = field(default=False, metadata={"help": "Smoke run: a 200-pair task, 2 epochs, 0% and 40%, 1 seed."})
+    quick: bool = field(default=False, metadata={"help": "Smoke run: a 200-pair task, 2 epochs, 0%% and 40%%, 1 seed."})
 
 
 @dataclass(frozen=True)

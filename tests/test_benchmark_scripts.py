@@ -1,5 +1,7 @@
-"""The benchmark scripts run end to end in their quick modes and report what they claim to measure."""
+"""The benchmark scripts run end to end in their quick modes and report what they claim to measure; their harness
+(`benchmarks/harness.py`, outside the installed package) computes its tables as stated."""
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -9,6 +11,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(path.name for path in (REPO / "benchmarks").glob("*.py") if path.name != "harness.py")
+
+
+def load_harness():
+    """`benchmarks/harness.py`, loaded from its file as the scripts beside it import it (it is not installed)."""
+    spec = importlib.util.spec_from_file_location("harness", REPO / "benchmarks" / "harness.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+harness = load_harness()
 
 
 def run_benchmark(script: str, tmp_path, *args: str) -> None:
@@ -129,3 +143,42 @@ def test_the_reward_benchmark_compares_bradley_terry_with_the_symmetric_losses(t
     # Resumable: a second call reuses every result and only rewrites the report.
     run_benchmark("reward_noise.py", tmp_path, "--quick")
     assert len((tmp_path / "reward_noise.jsonl").read_text().splitlines()) == len(records)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_each_script_finds_its_imports_when_run_from_the_checkout(script, tmp_path):
+    # `python benchmarks/<script>.py --help` from another folder: the harness is found beside the script.
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--help"], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert run.returncode == 0 and run.stdout.startswith("usage:"), run.stderr[-3000:]
+
+
+def test_the_installed_package_has_no_benchmark_harness():
+    import trl_robust.experiments
+
+    package = Path(trl_robust.experiments.__file__).parent
+    assert not (package / "noise_benchmark.py").exists()
+    assert "harness" not in {path.stem for path in package.rglob("*.py")}
+
+
+def result(method, rate, clean, noisy, gain, noise="symmetric", seed=0):
+    return {"method": method, "noise": noise, "flip_rate": rate, "seed": seed,
+            "clean_accuracy": clean, "noisy_val_accuracy": noisy, "reward_gain": gain}
+
+
+def test_table_reports_mean_and_sample_std_over_seeds():
+    results = [result("DPO", 0.2, [0.5, 0.6], [0.5, 0.6], [0, 0], seed=0),
+               result("DPO", 0.2, [0.5, 0.8], [0.5, 0.6], [0, 0], seed=1)]
+    # final accuracy 0.6 and 0.8: mean 70.0, sample std √((0.1² + 0.1²)/1) = 14.1
+    table = harness.markdown_table(results, "final_accuracy")
+    assert "| DPO | 70.0 ± 14.1 |" in table and "| method | 20% |" in table
+
+
+def test_gap_recovered_is_measured_from_early_stopped_dpo():
+    # Early-stopped accuracies (one epoch each, so the curve is the value): DPO 0.80 clean, 0.60 at 40% flips; ROPO at
+    # 40%: 0.65 → (0.65 − 0.60)/(0.80 − 0.60) = +0.25; the filter at 40%: 0.55 → −0.25.
+    results = [result("DPO", 0.0, [0.8], [0.8], [0]), result("DPO", 0.4, [0.6], [0.6], [0]),
+               result("ROPO", 0.4, [0.65], [0.65], [0]), result("ROPO + filter (drop)", 0.4, [0.55], [0.55], [0])]
+    table = harness.gap_recovered_table(results)
+    assert "| method | 40% |" in table
+    assert "| ROPO | +0.25 |" in table and "| ROPO + filter (drop) | -0.25 |" in table

@@ -1,9 +1,10 @@
-"""The synthetic task: the true reward, the labelled pairs, and the benchmark's bookkeeping."""
+"""The synthetic task: the true reward, the labelled pairs, and the training runs' bookkeeping (the benchmarks' tables
+are tested with their harness, in test_benchmark_scripts.py)."""
 
 import pytest
 from transformers import AutoModelForCausalLM
 
-from trl_robust.experiments import noise_benchmark as nb
+from trl_robust.experiments import training_runs as runs
 from trl_robust.experiments.synthetic import RewardModel, fit_reference_policy, make_preference_pairs, sample_responses
 
 
@@ -35,13 +36,13 @@ def test_the_graded_reward_has_continuous_scores_and_no_topic_bonus():
 
 
 def test_each_task_variant_has_its_own_cache_and_run_directories(tmp_path):
-    first, second = nb.Setting(), nb.SECOND_TASK
-    assert nb.task_dir(tmp_path, 3, first) == nb.task_dir(tmp_path, 3) == tmp_path / "tasks" / "seed3"  # as before
-    assert nb.task_dir(tmp_path, 3, second) == tmp_path / "tasks" / "graded-2000-200-300-300-seed3"
+    first, second = runs.Setting(), runs.SECOND_TASK
+    assert runs.task_dir(tmp_path, 3, first) == runs.task_dir(tmp_path, 3) == tmp_path / "tasks" / "seed3"  # as before
+    assert runs.task_dir(tmp_path, 3, second) == tmp_path / "tasks" / "graded-2000-200-300-300-seed3"
     # Training settings that do not change the task share its cache.
-    assert nb.task_dir(tmp_path, 3, nb.Setting(learning_rate=1e-3, epochs=5)) == nb.task_dir(tmp_path, 3)
-    jobs = [nb.Job("DPO", "symmetric", 0.2, 3, setting) for setting in (first, second)]
-    assert len({nb.run_dir(tmp_path, job) for job in jobs}) == 2
+    assert runs.task_dir(tmp_path, 3, runs.Setting(learning_rate=1e-3, epochs=5)) == runs.task_dir(tmp_path, 3)
+    jobs = [runs.Job("DPO", "symmetric", 0.2, 3, setting) for setting in (first, second)]
+    assert len({runs.run_dir(tmp_path, job) for job in jobs}) == 2
 
 
 @pytest.fixture(scope="module")
@@ -72,27 +73,10 @@ def result(method, rate, clean, noisy, gain, noise="symmetric", seed=0):
 
 def test_early_stopping_uses_the_noisy_validation_curve():
     r = result("DPO", 0.4, clean=[0.6, 0.7, 0.55], noisy=[0.52, 0.51, 0.56], gain=[0.1, 0.3, 0.2])
-    assert nb.early_stop_epoch(r) == 2  # best noisy validation accuracy, not best clean
-    s = nb.summarise(r)
+    assert runs.early_stop_epoch(r) == 2  # best noisy validation accuracy, not best clean
+    s = runs.summarise(r)
     assert s == {"final_accuracy": 0.55, "peak_accuracy": 0.7, "early_stopped_accuracy": 0.55,
                  "final_reward_gain": 0.2, "early_stopped_reward_gain": 0.2}
     tie = result("DPO", 0.4, clean=[0.6, 0.7], noisy=[0.5, 0.5], gain=[0.1, 0.3])
-    assert nb.early_stop_epoch(tie) == 0  # ties go to the earlier epoch
+    assert runs.early_stop_epoch(tie) == 0  # ties go to the earlier epoch
 
-
-def test_table_reports_mean_and_sample_std_over_seeds():
-    results = [result("DPO", 0.2, [0.5, 0.6], [0.5, 0.6], [0, 0], seed=0),
-               result("DPO", 0.2, [0.5, 0.8], [0.5, 0.6], [0, 0], seed=1)]
-    # final accuracy 0.6 and 0.8: mean 70.0, sample std √((0.1² + 0.1²)/1) = 14.1
-    table = nb.markdown_table(results, "final_accuracy")
-    assert "| DPO | 70.0 ± 14.1 |" in table and "| method | 20% |" in table
-
-
-def test_gap_recovered_is_measured_from_early_stopped_dpo():
-    # Early-stopped accuracies (one epoch each, so the curve is the value): DPO 0.80 clean, 0.60 at 40% flips; ROPO at
-    # 40%: 0.65 → (0.65 − 0.60)/(0.80 − 0.60) = +0.25; the filter at 40%: 0.55 → −0.25.
-    results = [result("DPO", 0.0, [0.8], [0.8], [0]), result("DPO", 0.4, [0.6], [0.6], [0]),
-               result("ROPO", 0.4, [0.65], [0.65], [0]), result("ROPO + filter (drop)", 0.4, [0.55], [0.55], [0])]
-    table = nb.gap_recovered_table(results)
-    assert "| method | 40% |" in table
-    assert "| ROPO | +0.25 |" in table and "| ROPO + filter (drop) | -0.25 |" in table

@@ -17,6 +17,9 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..optional import require_matplotlib
+from .training_runs import Setting, cpu_workers, early_stop_epoch, grid_jobs, quiet_libraries, run_grid, summarise
+
 DEMO_METHODS = ["DPO", "ROPO", "ROPO auto"]
 
 
@@ -34,27 +37,26 @@ def _mean_std(values: list[float]) -> str:
 
 
 def run_demo(args: DemoArguments) -> str:
-    """Run the demo; return the printed table."""
-    from . import noise_benchmark as nb
-
+    """Run the demo; return the printed table. Raises ImportError at once where matplotlib (the plot) is missing."""
     if not 0 <= args.flip_rate < 1:
         raise ValueError(f"--flip_rate must be in [0, 1), got {args.flip_rate}")
     if args.epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
     if args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+    require_matplotlib("trl-robust demo (its plot, training_curves.png)", extra="demo")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    setting = replace(nb.Setting(epochs=args.epochs), reward_gain_every_epoch=False)
+    setting = replace(Setting(epochs=args.epochs), reward_gain_every_epoch=False)
     seeds = list(range(args.seed, args.seed + args.seeds))
-    jobs = nb.grid_jobs(DEMO_METHODS, [args.flip_rate], seeds, setting)
-    nb.quiet_libraries()
+    jobs = grid_jobs(DEMO_METHODS, [args.flip_rate], seeds, setting)
+    quiet_libraries()
     print(f"Training {', '.join(DEMO_METHODS)} on the synthetic task with {args.flip_rate:.0%} of the labels flipped, "
           f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}...")
     start = time.perf_counter()
-    results = nb.run_grid(jobs, out / "work", workers=nb.cpu_workers(), results_file=None)
+    results = run_grid(jobs, out / "work", workers=cpu_workers(), results_file=None)
     results.sort(key=lambda r: (DEMO_METHODS.index(r["method"]), r["seed"]))
-    dpo_stopped = {r["seed"]: 100 * nb.summarise(r)["early_stopped_accuracy"] for r in results if r["method"] == "DPO"}
+    dpo_stopped = {r["seed"]: 100 * summarise(r)["early_stopped_accuracy"] for r in results if r["method"] == "DPO"}
     rows = [
         "| method | clean accuracy, early-stopped | clean accuracy, last epoch | last epoch − DPO early-stopped "
         "(paired) | estimated flip rate, last epoch |",
@@ -62,7 +64,7 @@ def run_demo(args: DemoArguments) -> str:
     ]
     for method in DEMO_METHODS:
         runs = [r for r in results if r["method"] == method]
-        stopped = [100 * nb.summarise(r)["early_stopped_accuracy"] for r in runs]
+        stopped = [100 * summarise(r)["early_stopped_accuracy"] for r in runs]
         last = [100 * r["clean_accuracy"][-1] for r in runs]
         paired = [100 * r["clean_accuracy"][-1] - dpo_stopped[r["seed"]] for r in runs]
         estimates = [r["estimated_flip_rate"][-1] for r in runs if r["estimated_flip_rate"][-1] is not None]
@@ -72,7 +74,7 @@ def run_demo(args: DemoArguments) -> str:
     spread = (f"mean over {len(seeds)} seeds ({seeds[0]}–{seeds[-1]}), band = lowest to highest seed"
               if len(seeds) > 1 else f"one seed ({args.seed}): single-run wiggles are noise")
     title = f"Synthetic task, {args.flip_rate:.0%} of the training labels flipped — {spread}"
-    nb.plot_training_curves(results, out / "training_curves.png", title=title)
+    plot_training_curves(results, out / "training_curves.png", title=title)
     table = "\n".join(rows)
     print(table)
     print(
@@ -85,11 +87,73 @@ def run_demo(args: DemoArguments) -> str:
     return table
 
 
+def plot_training_curves(results: list[dict], path, title: str | None = None) -> None:
+    """The demo's plot: clean accuracy over epochs per method — the mean over seeds with a band from the lowest to the
+    highest seed (a plain line for one seed) — with the epoch at which DPO would be early-stopped on the noisy
+    validation split marked (the median over seeds); and, where a method estimated the flip rate
+    (`ropo_filter_ratio: auto`), that estimate over epochs next to the true rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    methods = list(dict.fromkeys(r["method"] for r in results))
+    estimating = [m for m in methods if any(e is not None for r in results if r["method"] == m
+                                            for e in r.get("estimated_flip_rate", []))]
+    fig, axes = plt.subplots(1, 1 + bool(estimating), figsize=(5.5 * (1 + bool(estimating)), 4.4), squeeze=False)
+    axes = axes[0]
+
+    def band(ax, curves, label, scale=1.0, **style):
+        length = min(map(len, curves))
+        columns = [[scale * c[i] for c in curves if c[i] is not None] for i in range(length)]
+        epochs = [i + 1 for i, column in enumerate(columns) if column]
+        columns = [column for column in columns if column]
+        (line,) = ax.plot(epochs, [statistics.fmean(column) for column in columns], marker=".", label=label, **style)
+        if len(curves) > 1:
+            ax.fill_between(epochs, [min(c) for c in columns], [max(c) for c in columns], color=line.get_color(),
+                            alpha=0.2, linewidth=0)
+
+    for method in methods:
+        runs = [r for r in results if r["method"] == method]
+        band(axes[0], [r["clean_accuracy"] for r in runs], method, scale=100)
+    dpo = [r for r in results if r["method"] == "DPO"]
+    if dpo:
+        stop = statistics.median_low([early_stop_epoch(r) + 1 for r in dpo])
+        which = " (median over seeds)" if len(dpo) > 1 else ""
+        axes[0].axvline(stop, color="0.4", linestyle="--", linewidth=1, label=f"DPO early-stopped: epoch {stop}{which}")
+    axes[0].set_ylabel("clean held-out preference accuracy (%)")
+    if estimating:
+        ax = axes[1]
+        for method in estimating:
+            band(ax, [r["estimated_flip_rate"] for r in results if r["method"] == method], f"{method}: estimated")
+        for rate in sorted({r["flip_rate"] for r in results}):
+            ax.axhline(rate, color="0.2", linestyle=":", linewidth=1.2, label=f"true flip rate {rate:.0%}")
+        ax.set_ylabel("flip rate (estimated at each epoch's start)")
+        ax.set_ylim(bottom=0)
+        ax.set_xlim(axes[0].get_xlim())
+        ax.legend(fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import HfArgumentParser
 
     (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(argv)
+    try:
+        require_matplotlib("trl-robust demo (its plot, training_curves.png)", extra="demo")
+    except ImportError as missing:  # a message, not a traceback: the fix is one install
+        raise SystemExit(f"error: {missing}") from None
     run_demo(args)
 
 
