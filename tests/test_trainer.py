@@ -11,49 +11,12 @@ from torch.testing import assert_close
 from transformers import AutoModelForCausalLM
 
 from trl_robust import RobustDPOTrainer
+from trl_robust.registry import get_loss_spec, registered_loss_types
 
 from .conftest import first_batch, independent_logps, perturb_, train_args
+from .loss_reference import REFERENCE, reference_grad_weight, reference_loss
 
-ROBUST = ["ropo", "sympo_sigmoid", "sympo_ramp"]
-MORE_ROBUST = ["sympo_unhinged", "cdpo", "drdpo"]
-
-
-# Plain reference formulas, written independently of trl_robust.losses.
-def reference_loss(name, z, alpha=14.0, epsilon=0.0, beta_prime=1.0):
-    if name == "ropo":
-        c = 4 * alpha / (1 + alpha) ** 2
-        return c * torch.log1p(torch.exp(-z)) + c * alpha / (1 + torch.exp(z))
-    if name == "sympo_unhinged":
-        return 1 - z
-    if name == "cdpo":
-        return (1 - epsilon) * torch.log1p(torch.exp(-z)) + epsilon * torch.log1p(torch.exp(z))
-    if name == "drdpo":  # the batch objective, repeated per pair
-        dpo = torch.log1p(torch.exp(-z))
-        return (-beta_prime * torch.log(torch.exp(-dpo / beta_prime).mean())).expand_as(z)
-    if name == "sympo_sigmoid":
-        return 1 / (1 + torch.exp(z))
-    if name == "sympo_ramp":
-        return torch.minimum(torch.maximum((1 - z) / 2, torch.zeros_like(z)), torch.ones_like(z))
-    raise KeyError(name)
-
-
-def reference_grad_weight(name, z, alpha=14.0, epsilon=0.0, beta_prime=1.0):
-    s = 1 / (1 + torch.exp(-z))  # σ(z)
-    if name == "sympo_unhinged":
-        return torch.ones_like(z)
-    if name == "cdpo":
-        return (1 - epsilon) * (1 - s) - epsilon * s
-    if name == "drdpo":  # n · softmax(−ℓ/β′) · σ(−z), with exp(−ℓ/β′) = σ(z)^(1/β′)
-        share = s ** (1 / beta_prime) / (s ** (1 / beta_prime)).sum()
-        return len(z) * share * (1 - s)
-    if name == "ropo":
-        c = 4 * alpha / (1 + alpha) ** 2
-        return c * (1 - s) * (1 + alpha * s)
-    if name == "sympo_sigmoid":
-        return s * (1 - s)
-    if name == "sympo_ramp":
-        return torch.where(z.abs() < 1, 0.5, 0.0).to(z.dtype)
-    raise KeyError(name)
+REGISTERED = registered_loss_types()  # every loss type of the package; expected values come from loss_reference.py
 
 
 def value_at_zero_margin(name):
@@ -66,7 +29,7 @@ def logged(trainer, key):
 
 
 @pytest.mark.parametrize("dataset_kind", ["standard", "conversational"])
-@pytest.mark.parametrize("loss_type", ROBUST + MORE_ROBUST)
+@pytest.mark.parametrize("loss_type", REGISTERED)
 def test_training_changes_every_trainable_parameter(
     tiny_model_path, preference_dataset, conversational_dataset, tmp_path, loss_type, dataset_kind
 ):
@@ -83,19 +46,26 @@ def test_training_changes_every_trainable_parameter(
     assert logged(trainer, "loss")[0] == pytest.approx(value_at_zero_margin(loss_type), rel=1e-5)
 
 
-@pytest.mark.parametrize(
-    "loss_type, overrides",
-    [
-        ("ropo", {}),
-        ("ropo", {"ropo_alpha": 6.0, "beta": 0.5}),
-        ("sympo_sigmoid", {"beta": 2.0}),
-        ("sympo_sigmoid", {"beta": 2.0, "sympo_reward_clip": 0.05}),  # tight clip: most pairs clipped
-        ("sympo_ramp", {"beta": 2.0, "sympo_reward_clip": None}),
-        ("sympo_unhinged", {"beta": 2.0, "sympo_reward_clip": 0.05}),
-        ("cdpo", {"beta": 2.0, "label_smoothing": 0.2}),
-        ("drdpo", {"beta": 2.0, "drdpo_beta_prime": 0.5}),
-    ],
-)
+def independent_computation_cases():
+    """(loss_type, config overrides) from the registry: each loss at β 2 with the table's off-default hyperparameters
+    and, where it clips rewards, a tight clip that bites; one loss that may go unclipped without its clip; the first
+    loss at the defaults."""
+    cases = [(REGISTERED[0], {})]
+    unclipped = None
+    for name in REGISTERED:
+        spec = get_loss_spec(name)
+        overrides = {"beta": 2.0}
+        for kwarg, value in REFERENCE[name].extra.items() if name in REFERENCE else ():
+            overrides[spec.hyperparameters[kwarg].attribute] = value
+        if spec.uses_reward_clip:
+            overrides["sympo_reward_clip"] = 0.05  # tight clip: most pairs clipped
+            if unclipped is None and not spec.requires_reward_clip:
+                unclipped = (name, {"beta": 2.0, "sympo_reward_clip": None})
+        cases.append((name, overrides))
+    return cases + ([unclipped] if unclipped else [])
+
+
+@pytest.mark.parametrize("loss_type, overrides", independent_computation_cases())
 @pytest.mark.parity
 def test_loss_and_metrics_match_independent_computation(tiny_model_path, preference_dataset, tmp_path, loss_type, overrides):
     args = train_args(tmp_path, loss_type=loss_type, per_device_train_batch_size=8, **overrides)
@@ -111,13 +81,14 @@ def test_loss_and_metrics_match_independent_computation(tiny_model_path, prefere
     ref_chosen, ref_rejected = independent_logps(reference, batch).double().chunk(2)
     beta = args.beta
     chosen_reward, rejected_reward = beta * (policy_chosen - ref_chosen), beta * (policy_rejected - ref_rejected)
-    clip = args.sympo_reward_clip if loss_type.startswith("sympo") else None
+    spec = get_loss_spec(loss_type)
+    clip = args.sympo_reward_clip if spec.uses_reward_clip else None
     if clip is not None:
         clipped = (chosen_reward.abs() > clip) | (rejected_reward.abs() > clip)
         z = chosen_reward.clamp(-clip, clip) - rejected_reward.clamp(-clip, clip)
     else:
         z = chosen_reward - rejected_reward
-    hyperparameters = dict(alpha=args.ropo_alpha, epsilon=args.label_smoothing, beta_prime=args.drdpo_beta_prime)
+    hyperparameters = {kwarg: getattr(args, h.attribute) for kwarg, h in spec.hyperparameters.items()}
     expected_loss = reference_loss(loss_type, z, **hyperparameters).mean()
     assert_close(loss.double().item(), expected_loss.item(), atol=2e-5, rtol=2e-5)
 
@@ -249,7 +220,7 @@ def test_gradient_accumulation_matches_one_large_batch(tiny_model_path, preferen
         assert_close(params[2][name], value, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("loss_type", ROBUST)
+@pytest.mark.parametrize("loss_type", REGISTERED)
 def test_evaluation_reports_eval_loss_and_robust_metrics(tiny_model_path, preference_dataset, tmp_path, loss_type):
     args = train_args(tmp_path, loss_type=loss_type, eval_strategy="no")
     trainer = RobustDPOTrainer(
