@@ -31,7 +31,7 @@ from .test_reward import (  # noqa: F401 (no_reward_model_loading: a fixture use
     softplus,
 )
 
-REPO_RECIPE = str(Path(__file__).resolve().parent.parent / "recipes" / "reward_ropo.yaml")
+REPO_RECIPE = str(Path(__file__).resolve().parent.parent / "recipes" / "reward_sympo_sigmoid.yaml")
 
 
 def noisy_pairs(n=48):
