@@ -13,9 +13,21 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 import trl_robust
 from trl_robust import RewardConfig, RewardTrainer, RobustRewardConfig, RobustRewardTrainer, builtin
+from trl_robust.registry import get_loss_spec, registered_loss_types
 from trl_robust.tiny import tiny_preference_records
 
 from .conftest import train_args
+from .loss_reference import REFERENCE, reference_loss
+
+# bradley_terry, then every registered loss that is a per-pair loss (read from the registry)
+ROBUST_REWARD_LOSSES = [name for name in trl_robust.reward_loss_types() if name != "bradley_terry"]
+
+
+def off_default_config(loss_type):
+    """Config values for the loss's hyperparameters off their defaults (loss_reference.py's), keyed by attribute."""
+    spec = get_loss_spec(loss_type)
+    extra = REFERENCE[loss_type].extra if spec is not None else {}
+    return {spec.hyperparameters[kwarg].attribute: value for kwarg, value in extra.items()}
 
 
 def reward_args(tmp_path, config_cls=RobustRewardConfig, **overrides):
@@ -119,10 +131,6 @@ def sigmoid(x):
     return 1.0 / (1.0 + math.exp(-x))
 
 
-def softplus(x):
-    return math.log1p(math.exp(x))
-
-
 def mean(values):
     return sum(values) / len(values)
 
@@ -146,24 +154,25 @@ def loss_on_fixed_rewards(trainer, margin=None):
     return loss.item(), model.rewards.grad.squeeze(-1).tolist()
 
 
-ROPO_C = 4 * 14 / 15**2  # 4α/(1+α)² at α = 14
-
-HAND_COMPUTED = {
-    # σ(−z) at the clipped margins: σ(−1.5), σ(2), σ(0) = 1/2, σ(−20).
-    "sympo_sigmoid": ({}, mean([sigmoid(-z) for z in CLIPPED_Z])),
-    # clip((1 − z)/2, 0, 1): 1.5 → 0, −2 → 1 (capped from 1.5), 0 → 1/2, 20 → 0.
-    "sympo_ramp": ({}, (0 + 1 + 0.5 + 0) / 4),
+def test_sympo_losses_on_fixed_rewards_by_hand(tiny_trainer):
+    # clip((1 − z)/2, 0, 1) at the clipped margins: 1.5 → 0, −2 → 1 (capped from 1.5), 0 → 1/2, 20 → 0.
+    assert loss_on_fixed_rewards(tiny_trainer(loss_type="sympo_ramp"))[0] == pytest.approx((0 + 1 + 0.5 + 0) / 4)
     # 1 − z: 1 − (1.5 − 2 + 0 + 20)/4 = 1 − 4.875.
-    "sympo_unhinged": ({}, -3.875),
-    # No clip for ROPO: the raw margins.
-    "ropo": ({}, mean([ROPO_C * softplus(-z) + ROPO_C * 14 * sigmoid(-z) for z in RAW_Z])),
-    "cdpo": ({"label_smoothing": 0.1}, mean([0.9 * softplus(-z) + 0.1 * softplus(z) for z in RAW_Z])),
-}
+    assert loss_on_fixed_rewards(tiny_trainer(loss_type="sympo_unhinged"))[0] == pytest.approx(-3.875)
 
 
-@pytest.mark.parametrize("loss_type", list(HAND_COMPUTED))
-def test_robust_loss_values_on_fixed_rewards(tiny_trainer, loss_type):
-    config, expected = HAND_COMPUTED[loss_type]
+@pytest.mark.parametrize(
+    "loss_type, defaults",
+    [(name, True) for name in ROBUST_REWARD_LOSSES] + [(name, False) for name in ROBUST_REWARD_LOSSES if REFERENCE[name].extra],
+)
+def test_robust_loss_values_on_fixed_rewards(tiny_trainer, loss_type, defaults):
+    # The mean of the loss's reference formula (loss_reference.py) over the margins the trainer must form: clipped
+    # (pair 4: 20, not 23) for a loss that clips rewards, the raw differences otherwise.
+    spec = get_loss_spec(loss_type)
+    kwargs = {} if defaults else REFERENCE[loss_type].extra
+    config = {spec.hyperparameters[kwarg].attribute: value for kwarg, value in kwargs.items()}
+    z = torch.tensor(CLIPPED_Z if spec.uses_reward_clip else RAW_Z, dtype=torch.float64)
+    expected = reference_loss(loss_type, z, **kwargs).mean().item()
     loss, _ = loss_on_fixed_rewards(tiny_trainer(loss_type=loss_type, **config))
     assert loss == pytest.approx(expected, rel=1e-6, abs=1e-6)
 
@@ -210,10 +219,10 @@ def test_robust_loss_metrics_on_fixed_rewards(tiny_trainer):
 # --- training runs ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("loss_type", ["bradley_terry", "sympo_sigmoid", "sympo_ramp", "sympo_unhinged", "ropo", "cdpo"])
+@pytest.mark.parametrize("loss_type", trl_robust.reward_loss_types())
 def test_every_reward_loss_type_trains_the_builtin_tiny_model(tmp_path, loss_type):
     dataset = load_dataset(builtin.dataset_path("builtin:tiny"))["train"].select(range(16))
-    config = {"label_smoothing": 0.1} if loss_type == "cdpo" else {}
+    config = off_default_config(loss_type)
     trainer = RewardTrainer(model="builtin:tiny", args=reward_args(tmp_path, RewardConfig, loss_type=loss_type, **config),
                             train_dataset=dataset)
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
@@ -288,9 +297,10 @@ def test_label_smoothing_without_cdpo_warns_that_it_has_no_effect(tmp_path):
 
 
 def test_the_reward_loss_types_are_bradley_terry_and_the_per_pair_registered_losses():
-    assert trl_robust.reward_loss_types() == [
-        "bradley_terry", "ropo", "sympo_sigmoid", "sympo_ramp", "sympo_unhinged", "cdpo"
-    ]
+    # Every registered loss in registration order, but those that couple a batch (one objective, no per-pair value).
+    per_pair = [name for name in registered_loss_types() if not get_loss_spec(name).couples_batch]
+    assert trl_robust.reward_loss_types() == ["bradley_terry", *per_pair]
+    assert len(per_pair) < len(registered_loss_types())  # the package has one such loss (Dr. DPO): it is left out
 
 
 # --- the probe of what the reward trainer relies on ------------------------------------------------------------------
