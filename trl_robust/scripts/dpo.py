@@ -24,7 +24,7 @@ def main(script_args, training_args, model_args, dataset_args, noise_args: Label
     """Train as `trl dpo` does, with the robust trainer. Takes what TRL's `trl.scripts.dpo.main` takes, plus the
     optional label noise."""
     dataclasses = (script_args, training_args, model_args, dataset_args)
-    run_trl_script("dpo", "DPOTrainer", script_trainer(noise_args), dataclasses)
+    run_trl_script("dpo", script_trainer(noise_args), dataclasses)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ def main(script_args, training_args, model_args, dataset_args, noise_args: Label
     """Train as `trl reward` does, with the robust reward trainer. Takes what TRL's `trl.scripts.reward.main` takes,
     plus the optional label noise (`--flip_rate`: chosen and rejected swapped, recorded in `label_flipped`)."""
     dataclasses = (script_args, training_args, model_args, dataset_args)
-    run_trl_script("reward", "RewardTrainer", script_trainer(RobustRewardTrainer, noise_args), dataclasses)
+    run_trl_script("reward", script_trainer(RobustRewardTrainer, noise_args), dataclasses)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 with the robust trainer, and their `python -m` entry point.
 
 TRL's scripts (`trl/scripts/dpo.py`, `trl/scripts/reward.py`) look their trainer up as `trl.<Name>Trainer` when `main`
-runs (TRL >= 1.0), or bind it when the module is imported (TRL < 1.0). After `patch_trl()` we put the script trainer
-in both places, then call TRL's `main`: dataset loading, PEFT and 4-bit quantisation, training, saving, the model card
+runs (TRL >= 1.0), or bind it when the module is imported (TRL < 1.0). `trl_robust.compat.check_trl_script` checks
+that from the script's source first (and that `main` takes the four dataclasses). After `patch_trl()` we put the
+script trainer in both places, then call TRL's `main`: dataset loading, PEFT and 4-bit quantisation, training, saving, the model card
 and the Hub stay TRL's code in every supported version.
 """
 
@@ -17,6 +18,7 @@ from trl_robust import patch_trl
 from trl_robust.builtin import materialise_builtins
 from trl_robust.cli.arguments import LabelNoiseArguments, UsageError, parse_command_args
 from trl_robust.cli.distributed import end_distributed
+from trl_robust.compat import TRL_SCRIPT_TRAINERS, check_trl_script
 from trl_robust.data import flip_preferences
 
 
@@ -49,10 +51,13 @@ def script_trainer(base: type, noise_args: LabelNoiseArguments | None) -> type:
     return ScriptTrainer
 
 
-def run_trl_script(command: str, trainer_name: str, trainer_cls: type, dataclasses: tuple, noise_args=None) -> None:
+def run_trl_script(command: str, trainer_cls: type, dataclasses: tuple) -> None:
     """Run TRL's `trl/scripts/<command>.py` `main` on `dataclasses` (its four), training with `trainer_cls`, which is
-    installed as `trl.<trainer_name>` (e.g. `DPOTrainer`)."""
+    installed where that script looks up its trainer (`trl.DPOTrainer` for `dpo`: `compat.TRL_SCRIPT_TRAINERS`)."""
+    trainer_name = TRL_SCRIPT_TRAINERS[command]
     script_args, training_args, model_args, dataset_args = dataclasses
+    # TRL's script takes the four dataclasses and builds `trl.<trainer_name>`: probed before anything is built or loaded.
+    check_trl_script(command)
     # Rank 0 first: in a distributed run only global rank 0's `save_pretrained` writes weights, so it must be the one
     # that builds a built-in model; the other ranks then find it in the cache.
     with training_args.main_process_first(local=False, desc="building builtin: model and data"):
