@@ -61,6 +61,7 @@ def loss_grads_metrics(trainer_cls, model_path, dataset, args):
     return loss.detach(), grads, metrics, seen
 
 
+@pytest.mark.parity  # also run against every TRL minor release in the range (.ci/trl_minor_parity)
 @pytest.mark.parametrize(
     "with_margin, center",
     [(False, None), (True, None), (False, 0.01), (True, 0.01)],

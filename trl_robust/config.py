@@ -6,7 +6,6 @@ import warnings
 from dataclasses import dataclass, field, fields
 
 import trl
-from packaging.version import Version
 from trl import DPOConfig
 
 from .filtering import FILTER_MODES, FILTER_SCOPES, MIN_WINDOW_SUSPECTS
@@ -300,7 +299,9 @@ def validate_robust_args(args) -> None:
                     "or register the loss with a `Hyperparameter` that has a default."
                 )
     validate_filtering(args, registered)
-    if registered and getattr(args, "use_liger_kernel", False) and Version(trl.__version__) < Version("1.14"):
+    from .compat import liger_bypasses_loss_loop  # read from TRL's code: TRL <= 1.13 has a separate Liger loss path
+
+    if registered and getattr(args, "use_liger_kernel", False) and liger_bypasses_loss_loop():
         raise ValueError(
             f"`use_liger_kernel=True` makes TRL {trl.__version__} compute the DPO loss in Liger's fused kernel, which "
             f"bypasses the loss types {[s.name for s in registered]}. Set `use_liger_kernel=False` or upgrade to "

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..compat import REF_ADAPTER
 from ..data import ROW_COLUMN
 from ..noise import estimate_noise
 from ..optional import require_matplotlib
@@ -74,15 +75,16 @@ def _audit_trainer_class():
             from accelerate.utils import is_peft_model
 
             unwrapped_peft = model if is_peft_model(model) else None
-            had_ref_adapter = unwrapped_peft is not None and "ref" in unwrapped_peft.peft_config
+            had_ref_adapter = unwrapped_peft is not None and REF_ADAPTER in unwrapped_peft.peft_config
             super().__init__(model, ref_model, args, **kwargs)
             # TRL treats a `PeftModel` passed without `ref_model` as an adapter to re-train and adds a frozen copy of
             # it as the "ref" adapter, making the reference the adapter itself (every z would be 0). The audit's
             # reference for an adapter is its base model: remove that copy, and TRL's `_compute_loss` falls back to
             # disabling the adapter (`use_adapter(model, adapter_name=None)`), as when it trains a `peft_config`.
+            # (`compat`'s probe checks both in TRL's source: the adapter's name and that fallback.)
             if unwrapped_peft is not None and ref_model is None and not had_ref_adapter:
-                if "ref" in unwrapped_peft.peft_config:
-                    unwrapped_peft.delete_adapter("ref")
+                if REF_ADAPTER in unwrapped_peft.peft_config:
+                    unwrapped_peft.delete_adapter(REF_ADAPTER)
             # One loss in TRL's loop, under a name its if/elif chain does not know: TRL calls our hook for it.
             self.loss_types, self.loss_weights = [_AUDIT_LOSS], [1.0]
             self._audit_loss_type = audit_loss_type if audit_loss_type not in (None, "sigmoid") else None

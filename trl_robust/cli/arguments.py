@@ -564,10 +564,10 @@ def check_launch(launch: argparse.Namespace) -> list[str]:
     """Run accelerate's own checks of `launch` (accelerate's launch namespace) before anything starts, and say where
     it would start fewer processes than asked for: `--num_processes 2` alone, on a machine without GPUs (or with
     `--cpu`), starts ONE process. Returns what to tell the user; raises `UsageError` where accelerate would refuse."""
-    try:
-        from accelerate.commands.launch import _validate_launch_command  # private: skip the check if it moved
-    except ImportError:
-        return []
+    from ..compat import accelerate_launch_validator
+
+    # accelerate's private `_validate_launch_command`, probed: a clear error naming accelerate's version if it changed
+    _validate_launch_command = accelerate_launch_validator()
     validated = copy.deepcopy(launch)
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)  # accelerate logs its defaults; the real launch will log them once
