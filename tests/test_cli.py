@@ -17,7 +17,7 @@ import trl_robust
 from trl_robust.cli import _trl_commands
 from trl_robust.cli import main as cli_main
 from trl_robust.cli.arguments import UsageError, make_parser, parse_dpo_args
-from trl_robust.registry import register_loss, unregister_loss
+from trl_robust.registry import get_loss_spec, register_loss, registered_loss_types, unregister_loss
 from trl_robust.tiny import make_tiny_model
 
 from .conftest import STANDALONE_RENDEZVOUS
@@ -90,12 +90,19 @@ def training_log(out: Path) -> list[dict]:
     return json.loads(state_file.read_text())["log_history"]
 
 
+def first_loss(**flags):
+    """The first registered loss type whose spec has these flags (e.g. `uses_reward_clip=True`)."""
+    return next(n for n in registered_loss_types() if all(getattr(get_loss_spec(n), k) == v for k, v in flags.items()))
+
+
 @pytest.mark.parametrize(
     "loss_type, extra",
     [
-        ("ropo", {}),
-        ("sympo_sigmoid", {}),
-        ("sympo_ramp", {}),
+        # Gathering the added metrics over the ranks does not depend on the loss's formula: one per-pair loss without
+        # and one with SymPO's reward clip (which forms the margin differently). A loss that couples the batch
+        # (Dr. DPO) is computed per rank by design, so it cannot equal one process.
+        (first_loss(couples_batch=False, uses_reward_clip=False), {}),
+        (first_loss(couples_batch=False, uses_reward_clip=True), {}),
         # ROPO's filter ranks the global batch: a rank-local choice (2 of each rank's 8) would differ from the
         # single process's (4 of 16) — at the first step all margins tie and it takes the first 4, all on rank 0.
         ("ropo", {"ropo_filter_ratio": 0.25, "ropo_filter_warmup_steps": 0, "flip_rate": 0.25}),
@@ -497,7 +504,7 @@ def test_help_lists_every_loss_type_and_the_accelerate_launch_options(capsys):
     help_text = capsys.readouterr().out
     loss_help = help_text.split("--loss_type LOSS_TYPE", 1)[1].split("\n  --", 1)[0]
     words = set(loss_help.replace(",", " ").replace(".", " ").split())
-    assert {"ropo", "sympo_ramp", "cdpo", "drdpo", "help_test_margin", "sigmoid", "ipo"} <= set(expected_losses)
+    assert {*registered_loss_types(), "help_test_margin", "sigmoid", "ipo"} <= set(expected_losses)
     assert set(expected_losses) <= words
     launcher_help = help_text.split("accelerate launch options", 1)[1]
     for option in ("--accelerate_config", "--num_processes", "--multi_gpu", "--main_process_port", "--config_file",
