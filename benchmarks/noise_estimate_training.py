@@ -26,6 +26,9 @@ expression, same gradient.
     python benchmarks/noise_estimate_training.py --smoke                      # one run, to time the pipeline
     python benchmarks/noise_estimate_training.py                              # the grid (2 losses × 4 cells × 3 seeds)
     python benchmarks/noise_estimate_training.py --report-only                # rewrite the markdown from the jsonl
+
+Over 400 lines on purpose: one finished experiment (its recording trainer, the run, the estimators, the report), read
+top to bottom beside its results; nothing in it is shared with the other scripts.
 """
 
 import argparse
