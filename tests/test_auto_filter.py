@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 from trl_robust import RobustDPOConfig, RobustDPOTrainer
 from trl_robust.data import flip_preferences
 from trl_robust.noise import estimate_noise
-from trl_robust.noise.auto import FLOOR, UNIDENTIFIED, auto_filter_ratio, estimate_flip_rate
+from trl_robust.filter.auto import FLOOR, UNIDENTIFIED, auto_filter_ratio, estimate_flip_rate
 from trl_robust.tiny import tiny_preference_records
 
 from .conftest import assert_same_logged_steps, logged_steps_worker, run_two_ranks, train_args
@@ -62,7 +62,7 @@ def test_the_epoch_estimate_is_the_mixture_estimate_and_refuses_uninformative_ma
 
 @pytest.mark.parametrize("given", ["auto", "AUTO", " auto "])
 def test_auto_is_read_from_text_and_chooses_the_epoch_scope(tmp_path, given):
-    from trl_robust.config import filter_scope, filters
+    from trl_robust.filter.settings import filter_scope, filters
 
     args = train_args(tmp_path, loss_type="ropo", ropo_filter_ratio=given)
     assert args.ropo_filter_ratio == "auto" and filters(args) and filter_scope(args) == "epoch"
@@ -172,7 +172,7 @@ def test_auto_estimates_from_the_last_epochs_margins_and_distrusts_their_lowest(
 def test_auto_decides_from_estimated_margins_as_the_policy_says(tiny_model_path, tmp_path):
     # The decision itself, fed margins with a known flip rate: 300 rows, 20% of them the mirror image.
     trainer = RobustDPOTrainer(model=tiny_model_path, args=auto_args(tmp_path, 8), train_dataset=noisy_pairs(8))
-    callback = next(c for c in trainer.callback_handler.callbacks if type(c).__name__ == "_EpochFilterCallback")
+    callback = next(c for c in trainer.callback_handler.callbacks if type(c).__name__ == "EpochFilterCallback")
     rng = np.random.default_rng(3)
     z = np.concatenate([rng.normal(1.0, 0.7, 240), -rng.normal(1.0, 0.7, 60)])
     rows = rng.permutation(300)

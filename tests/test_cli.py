@@ -130,7 +130,7 @@ def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_pat
     # The same global batch of 16 at every step: each rank's 8 pairs are half of the single process's 16. The added
     # metrics match at every logged step only if they are computed over both ranks' pairs (a rank-local value would
     # describe 8 of the 16), and the loss and the final weights match only if training is the same.
-    metrics = ["grad_weight", "grad_weight_vs_dpo", "negative_margin_frac"]
+    metrics = ["grad_weight", "grad_weight_vs_logistic", "negative_margin_frac"]
     metrics += ["filtered_frac", "filter_precision"] if extra else []
     compared = ["loss", *(f"{loss_type}/{m}" for m in metrics), f"eval_{loss_type}/grad_weight", "eval_loss"]
     rows = {name: {(entry["step"], key): entry[key] for entry in log for key in compared if key in entry} for name, log in results.items()}

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from trl_robust import RobustDPOTrainer
 from trl_robust.data import ROW_COLUMN, flip_preferences
-from trl_robust.filtering import (
+from trl_robust.filter.rules import (
     filter_window,
     filtered_loss,
     n_suspected,

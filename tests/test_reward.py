@@ -213,7 +213,7 @@ def test_robust_loss_metrics_on_fixed_rewards(tiny_trainer):
     assert metrics["sympo_ramp/grad_weight"] == pytest.approx(0.125)
     assert metrics["sympo_ramp/saturated_frac"] == 0.75
     # Against Bradley–Terry's σ(−z) on the same (clipped) margins.
-    assert metrics["sympo_ramp/grad_weight_vs_bt"] == pytest.approx(0.5 / sum(sigmoid(-z) for z in CLIPPED_Z), rel=1e-5)
+    assert metrics["sympo_ramp/grad_weight_vs_logistic"] == pytest.approx(0.5 / sum(sigmoid(-z) for z in CLIPPED_Z), rel=1e-5)
     assert metrics["accuracy"] == 0.5  # TRL's own metric, from the same rewards: pairs 1 and 4
 
 

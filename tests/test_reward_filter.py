@@ -15,7 +15,7 @@ import trl
 from trl_robust import RobustRewardConfig, RobustRewardTrainer
 from trl_robust.cli.arguments import UsageError, parse_reward_args
 from trl_robust.data import FLIP_COLUMN, ROW_COLUMN, flip_preferences
-from trl_robust.noise.auto import auto_filter_ratio, estimate_flip_rate
+from trl_robust.filter.auto import auto_filter_ratio, estimate_flip_rate
 from trl_robust.tiny import tiny_preference_records
 
 from .conftest import assert_same_logged_steps, logged_steps_worker, run_two_ranks

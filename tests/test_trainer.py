@@ -96,7 +96,7 @@ def test_loss_and_metrics_match_independent_computation(tiny_model_path, prefere
     assert metrics["rewards/margins"][-1] == pytest.approx((chosen_reward - rejected_reward).mean().item(), abs=2e-5)
     weight = reference_grad_weight(loss_type, z, **hyperparameters)
     assert metrics[f"{loss_type}/grad_weight"][-1] == pytest.approx(weight.mean().item(), abs=1e-5)
-    assert metrics[f"{loss_type}/grad_weight_vs_dpo"][-1] == pytest.approx(
+    assert metrics[f"{loss_type}/grad_weight_vs_logistic"][-1] == pytest.approx(
         (weight.sum() / torch.sigmoid(-z).sum()).item(), rel=1e-4
     )
     assert metrics[f"{loss_type}/negative_margin_frac"][-1] == pytest.approx((z < 0).double().mean().item())

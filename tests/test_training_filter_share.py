@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from trl_robust import RobustDPOConfig, RobustDPOTrainer
 from trl_robust.data import flip_preferences
-from trl_robust.filtering import filter_window
+from trl_robust.filter.rules import filter_window
 from trl_robust.tiny import tiny_preference_records
 
 from .conftest import run_two_ranks

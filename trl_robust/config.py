@@ -1,4 +1,11 @@
-"""`RobustDPOConfig`: TRL's `DPOConfig` plus the robust losses' hyperparameters, validated at construction."""
+"""The robust settings of both trainers' configs, how they are read and validated, and `RobustDPOConfig`.
+
+`RobustArguments` holds the fields every trl-robust config adds to TRL's (the registered losses' hyperparameters, the
+non-finite policy, ROPO's filter); `RobustDPOConfig` and `trl_robust.RobustRewardConfig` list it before TRL's class in
+their bases, so that its fields come after TRL's (and `output_dir` stays the first). `validate_loss_settings` is the
+one check of those fields for both; each config adds only what is its own (DPO's `beta`, a reward model's one
+`loss_type`).
+"""
 
 import math
 import os
@@ -8,8 +15,7 @@ from dataclasses import dataclass, field, fields
 import trl
 from trl import DPOConfig
 
-from .filtering import FILTER_MODES, FILTER_SCOPES, MIN_WINDOW_SUSPECTS
-from .noise.auto import AUTO
+from .filter.settings import RopoFilterArguments, parse_filter_ratio, validate_filtering
 from .registry import (
     DRDPO_BETA_PRIME,
     ROPO_ALPHA,
@@ -20,62 +26,62 @@ from .registry import (
     unknown_loss_type_error,
 )
 
-
 NON_FINITE_POLICIES = ("auto", "error")
+DEFAULT_REWARD_CLIP = 10.0
 
 
 @dataclass
-class RopoFilterArguments:
-    """The fields of ROPO's noisy-sample filter (Liang et al., ICML 2025, arXiv 2404.04102), shared by
-    `RobustDPOConfig` and `trl_robust.RobustRewardConfig`; documented in `RobustDPOConfig`'s docstring. Listed before
-    TRL's config class in the bases, so that its fields come after TRL's (and `output_dir` stays the first)."""
+class RobustArguments(RopoFilterArguments):
+    """The fields both trl-robust configs add to TRL's: the robust losses' hyperparameters, what to do with non-finite
+    margins, and ROPO's filter (`RopoFilterArguments`). Documented in `RobustDPOConfig`'s docstring."""
 
-    # `str` too, so that the command line and YAML can say `auto`.
-    ropo_filter_ratio: float | str | None = field(
-        default=0.0,
+    ropo_alpha: float = field(
+        default=ROPO_ALPHA.default,
         metadata={
-            "help": "ROPO's noisy-sample filtering (Liang et al., ICML 2025, arXiv 2404.04102): the fraction ρ of the "
-            "pairs with the lowest margin (largest ROPO loss) — over the run, ranked among about one optimizer step's "
-            "pairs, or of the training set each epoch (`ropo_filter_scope`) — is treated as mislabeled. In [0, 1); "
-            "0 = off; `auto` = ρ from the flip rate estimated each epoch from the training margins (epoch scope, at "
-            "least 2 epochs). Applies in training only: for DPO to trl-robust's loss types, for a reward model to any "
-            "loss type."
+            "help": "α of the ROPO loss (Liang et al., ICML 2025, arXiv 2404.04102), used with `loss_type='ropo'`: "
+            "weight of the symmetric σ(−z) term against the log-loss term. Must be > 0. The paper recommends 14 "
+            "(ablation {6, 14, 30}); larger is more robust to noise and less like DPO."
         },
     )
-    ropo_filter_scope: str | None = field(
-        default=None,
+    # `str` too, as TRL does for `pad_to_multiple_of`: the command line can only say "none" as text.
+    sympo_reward_clip: float | str | None = field(
+        default=DEFAULT_REWARD_CLIP,
         metadata={
-            "help": "Which pairs ROPO's filter ranks: `step` (each pair among a running window of recent margins, about "
-            f"one optimizer step's pairs and at least {MIN_WINDOW_SUSPECTS}/ρ; the lowest ρ share of it, so ρ of the "
-            "pairs over the run for any batch size and gradient accumulation) or `epoch` (at the start of each epoch "
-            "after the warm-up, distrust the training set's lowest-margin ρ share for that epoch, scored with the "
-            "current model, or for `ropo_filter_ratio: auto` taken from the previous epoch's training steps). "
-            "Default: `step`, or `epoch` with `ropo_filter_ratio: auto`.",
-            "choices": list(FILTER_SCOPES),
+            "help": "Reward clip c for the `sympo_*` losses (SymPO, Nishimori et al. 2025, arXiv 2505.24709): each "
+            "side's reward (β·score for DPO, the reward model's output) is clamped to [−c, c] before the "
+            "chosen-minus-rejected difference, as the SymPO authors do (their default 10). Must be > 0; `none` (YAML "
+            "`null`) disables clipping (not with `sympo_unhinged`)."
         },
     )
-    ropo_filter_warmup_steps: int = field(
-        default=0, metadata={"help": "Optimizer steps on every pair before ROPO's filtering starts."}
-    )
-    ropo_filter_max_margin: float | None = field(
-        default=None,
+    non_finite_margins: str = field(
+        default="auto",
         metadata={
-            "help": "Distrust only pairs whose margin z is below this value (at most the ρ share): 0 = only pairs the "
-            "model prefers the other way round, so clean data loses little. Default: the ρ lowest, whatever their z."
+            "help": "NaN/inf margins in a training step of trl-robust's loss types: `auto` skips and counts the step "
+            "under fp16 mixed precision (as its loss scaler does; logged as `<loss>/skipped_non_finite_steps`) and "
+            "stops with an error otherwise; `error` always stops.",
+            "choices": list(NON_FINITE_POLICIES),
         },
     )
-    ropo_filter_mode: str = field(
-        default="drop",
-        metadata={
-            "help": "What ROPO's filter does with a suspected pair: `drop` (weight 0, the rest rescaled) or "
-            "`correct` (train it with chosen and rejected swapped).",
-            "choices": list(FILTER_MODES),
-        },
-    )
+
+    def _parse_robust_fields(self) -> None:
+        """Turn what the command line and YAML can only say as text ("none", "auto") into values."""
+        self.ropo_filter_ratio = parse_filter_ratio(self.ropo_filter_ratio)
+        self.sympo_reward_clip = parse_reward_clip(self.sympo_reward_clip)
+
+
+def parse_reward_clip(value):
+    """`sympo_reward_clip` as a number or None; the command line passes text ("none", "5")."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip().lower()
+    try:
+        return None if text in ("none", "null") else float(text)
+    except ValueError:
+        raise ValueError(f"`sympo_reward_clip` must be a positive number or none, got {value!r}.") from None
 
 
 @dataclass
-class RobustDPOConfig(RopoFilterArguments, DPOConfig):
+class RobustDPOConfig(RobustArguments, DPOConfig):
     r"""
     Configuration for [`RobustDPOTrainer`]: every field of TRL's `DPOConfig`, plus the following.
 
@@ -105,7 +111,7 @@ class RobustDPOConfig(RopoFilterArguments, DPOConfig):
         treated as mislabeled (see `ropo_filter_scope` for which pairs compete). 0 turns filtering off. Applies to
         the registered loss types in `loss_type` (not to TRL's built-ins), in training only (not to `eval_loss`).
         `"auto"`: no share to guess. Each epoch the flip rate ε̂ is estimated from the margins the training steps
-        computed anyway (`trl_robust.noise.auto`: no extra pass), and from the second epoch on the pairs with the
+        computed anyway (`trl_robust.filter.auto`: no extra pass), and from the second epoch on the pairs with the
         lowest of the previous epoch's margins are distrusted, ρ = the mean of the last two estimates, nothing while
         that is below 0.08. Logged as `noise/estimated_flip_rate` and `noise/filter_ratio`. Epoch scope only; needs
         two epochs or more.
@@ -139,24 +145,6 @@ class RobustDPOConfig(RopoFilterArguments, DPOConfig):
         naming the policy or the reference. `"error"`: always stop.
     """
 
-    ropo_alpha: float = field(
-        default=ROPO_ALPHA.default,
-        metadata={
-            "help": "α of the ROPO loss (Liang et al., ICML 2025, arXiv 2404.04102), used with `loss_type='ropo'`: "
-            "weight of the symmetric σ(−z) term against the DPO term. Must be > 0. The paper recommends 14 "
-            "(ablation {6, 14, 30}); larger is more robust to noise and less like DPO."
-        },
-    )
-    # `str` too, as TRL does for `pad_to_multiple_of`: the command line can only say "none" as text.
-    sympo_reward_clip: float | str | None = field(
-        default=10.0,
-        metadata={
-            "help": "Reward clip c for the `sympo_*` losses (SymPO, Nishimori et al. 2025, arXiv 2505.24709): each "
-            "side's reward β·score is clamped to [−c, c] before the chosen-minus-rejected difference, as the SymPO "
-            "authors do (their default 10). Must be > 0; `none` (YAML `null`) disables clipping."
-        },
-    )
-
     drdpo_beta_prime: float = field(
         default=DRDPO_BETA_PRIME.default,
         metadata={
@@ -165,30 +153,13 @@ class RobustDPOConfig(RopoFilterArguments, DPOConfig):
         },
     )
 
-    non_finite_margins: str = field(
-        default="auto",
-        metadata={
-            "help": "NaN/inf log-probs in a training step of trl-robust's loss types: `auto` skips and counts the step "
-            "under fp16 mixed precision (as its loss scaler does; logged as `<loss>/skipped_non_finite_steps`) and "
-            "stops with an error otherwise; `error` always stops.",
-            "choices": list(NON_FINITE_POLICIES),
-        },
-    )
-
     def __post_init__(self):
-        self.ropo_filter_ratio = parse_filter_ratio(self.ropo_filter_ratio)
-        if isinstance(self.sympo_reward_clip, str):  # from the command line
-            text = self.sympo_reward_clip.strip().lower()
-            try:
-                self.sympo_reward_clip = None if text in ("none", "null") else float(text)
-            except ValueError:
-                raise ValueError(
-                    f"`sympo_reward_clip` must be a positive number or none, got {self.sympo_reward_clip!r}."
-                ) from None
+        self._parse_robust_fields()
         validate_robust_args(self)
         super().__post_init__()
 
 
+ROBUST_FIELDS = {f.name for f in fields(RobustArguments)}
 # The fields `RobustDPOConfig` adds to TRL's, with their defaults: what a plain `trl.DPOConfig` is read as.
 _ADDED_FIELD_DEFAULTS = {
     f.name: f.default for f in fields(RobustDPOConfig) if f.name not in {g.name for g in fields(DPOConfig)}
@@ -196,48 +167,14 @@ _ADDED_FIELD_DEFAULTS = {
 
 
 def robust_hyperparameter(args, name: str):
-    """`args.<name>`; where `args` lacks it (a plain `trl.DPOConfig`, or a config without a registered loss's
-    attribute), the default of `RobustDPOConfig`'s field or of the registered `Hyperparameter`."""
+    """`args.<name>`; where `args` lacks it (a plain TRL config, or a config without a registered loss's attribute),
+    the default of trl-robust's field or of the registered `Hyperparameter`."""
     if hasattr(args, name):
         return getattr(args, name)
     defaults = {**hyperparameter_defaults(), **_ADDED_FIELD_DEFAULTS}
     if name in defaults:
         return defaults[name]
     raise AttributeError(name)
-
-
-def parse_filter_ratio(value):
-    """`ropo_filter_ratio` as given in Python, YAML or on the command line: a number, or `AUTO`."""
-    if not isinstance(value, str):
-        return value
-    text = value.strip().lower()
-    if text == AUTO:
-        return AUTO
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(
-            f"`ropo_filter_ratio` must be a number in [0, 1) or {AUTO!r}, got {value!r}."
-        ) from None
-
-
-def filter_ratio(args) -> float | str:
-    """ROPO's filter ratio ρ of `args` (0.0 = off), or `AUTO` (ρ estimated each epoch, `trl_robust.noise.auto`)."""
-    return parse_filter_ratio(robust_hyperparameter(args, "ropo_filter_ratio"))
-
-
-def filters(args) -> bool:
-    """Whether ROPO's filter is on: a ratio above 0, or `AUTO`."""
-    ratio = filter_ratio(args)
-    return ratio == AUTO or ratio > 0
-
-
-def filter_scope(args) -> str:
-    """`ropo_filter_scope`, resolved: as set, else `epoch` for `AUTO` and `step` for a fixed ratio."""
-    scope = robust_hyperparameter(args, "ropo_filter_scope")
-    if scope is None:
-        return "epoch" if filter_ratio(args) == AUTO else "step"
-    return scope
 
 
 def _loss_types(args) -> list[str]:
@@ -248,6 +185,46 @@ def _loss_types(args) -> list[str]:
 def _require_finite(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+
+
+def validate_loss_settings(args, specs, loss_types, always: set[str]) -> None:
+    """The checks both configs share: the hyperparameters of the registered losses `specs` (of the config's
+    `loss_types`), SymPO's reward clip, the non-finite policy and ROPO's filter.
+
+    Each registered hyperparameter is checked by its own rule where a loss in use reads it, and also where its
+    attribute is in `always` (the fields trl-robust adds: a bad `ropo_alpha` is a mistake even before it is used;
+    a TRL field such as DPO's `label_smoothing` is TRL's business until cDPO reads it).
+    """
+    in_use = {h.attribute for spec in specs for h in spec.hyperparameters.values()}
+    for attribute, hyperparameter in registered_hyperparameters().items():
+        if hasattr(args, attribute) and (attribute in in_use or attribute in always):
+            hyperparameter.validate(getattr(args, attribute))
+    for spec in specs:
+        for kwarg, hyperparameter in spec.hyperparameters.items():
+            if not hasattr(args, hyperparameter.attribute) and not hyperparameter.has_default:
+                raise ValueError(
+                    f"Loss type {spec.name!r} takes `{kwarg}` from the config attribute `{hyperparameter.attribute}`, "
+                    f"which {type(args).__name__} does not have. Add it by subclassing the trl-robust config, "
+                    "or register the loss with a `Hyperparameter` that has a default."
+                )
+    clip = robust_hyperparameter(args, "sympo_reward_clip")
+    if clip is not None:
+        _require_finite("sympo_reward_clip", clip)
+        if clip <= 0:
+            raise ValueError(
+                f"`sympo_reward_clip` must be > 0 (the SymPO authors use 10), got {clip}; set it to None to disable "
+                "reward clipping (`none` on the command line, `null` in YAML)."
+            )
+    for spec in specs:
+        if spec.requires_reward_clip and clip is None:
+            raise ValueError(
+                f"Loss type {spec.name!r} is unbounded below without SymPO's reward clip (its minimiser is an infinite "
+                "margin): set `sympo_reward_clip` to a positive number (the SymPO authors use 10) instead of None."
+            )
+    policy = robust_hyperparameter(args, "non_finite_margins")
+    if policy not in NON_FINITE_POLICIES:
+        raise ValueError(f"`non_finite_margins` must be one of {list(NON_FINITE_POLICIES)}, got {policy!r}.")
+    validate_filtering(args, specs, loss_types)
 
 
 def validate_robust_args(args) -> None:
@@ -268,37 +245,7 @@ def validate_robust_args(args) -> None:
         _require_finite("loss_weights", weight)
 
     registered = [get_loss_spec(t) for t in loss_types if get_loss_spec(t) is not None]
-    # Each registered hyperparameter is checked by its own rule: always where it is a field trl-robust added (a bad
-    # `ropo_alpha` is a mistake even before it is used), and where it is one of TRL's fields (cDPO's
-    # `label_smoothing`) only when a loss in use reads it.
-    in_use = {h.attribute for spec in registered for h in spec.hyperparameters.values()}
-    trl_fields = {f.name for f in fields(DPOConfig)}
-    for attribute, hyperparameter in registered_hyperparameters().items():
-        if hasattr(args, attribute) and (attribute in in_use or attribute not in trl_fields):
-            hyperparameter.validate(getattr(args, attribute))
-    clip = robust_hyperparameter(args, "sympo_reward_clip")
-    if clip is not None:
-        _require_finite("sympo_reward_clip", clip)
-        if clip <= 0:
-            raise ValueError(
-                f"`sympo_reward_clip` must be > 0 (the SymPO authors use 10), got {clip}; set it to None to disable "
-                "reward clipping (`none` on the command line, `null` in YAML)."
-            )
-
-    for spec in registered:
-        if spec.requires_reward_clip and clip is None:
-            raise ValueError(
-                f"Loss type {spec.name!r} is unbounded below without SymPO's reward clip: set `sympo_reward_clip` to a "
-                "positive number (the SymPO authors use 10) instead of None."
-            )
-        for kwarg, hyperparameter in spec.hyperparameters.items():
-            if not hasattr(args, hyperparameter.attribute) and not hyperparameter.has_default:
-                raise ValueError(
-                    f"Loss type {spec.name!r} takes `{kwarg}` from the config attribute `{hyperparameter.attribute}`, "
-                    f"which {type(args).__name__} does not have. Add it by subclassing `trl_robust.RobustDPOConfig`, "
-                    "or register the loss with a `Hyperparameter` that has a default."
-                )
-    validate_filtering(args, registered)
+    validate_loss_settings(args, registered, loss_types, always=set(_ADDED_FIELD_DEFAULTS))
     from .compat import liger_bypasses_loss_loop  # read from TRL's code: TRL <= 1.13 has a separate Liger loss path
 
     if registered and getattr(args, "use_liger_kernel", False) and liger_bypasses_loss_loop():
@@ -307,10 +254,6 @@ def validate_robust_args(args) -> None:
             f"bypasses the loss types {[s.name for s in registered]}. Set `use_liger_kernel=False` or upgrade to "
             "trl>=1.14."
         )
-
-    policy = robust_hyperparameter(args, "non_finite_margins")
-    if policy not in NON_FINITE_POLICIES:
-        raise ValueError(f"`non_finite_margins` must be one of {list(NON_FINITE_POLICIES)}, got {policy!r}.")
 
     if "sigmoid" in loss_types and args.label_smoothing > 0:
         head = f"`label_smoothing={args.label_smoothing}` has no effect with loss_type 'sigmoid'"
@@ -350,48 +293,3 @@ def _warn_once(args, head: str, message: str) -> None:
         rules = [r for r in os.environ.get("PYTHONWARNINGS", "").split(",") if r]
         if rule not in rules:
             os.environ["PYTHONWARNINGS"] = ",".join([*rules, rule])
-
-
-def validate_filtering(args, registered) -> None:
-    """Check the `ropo_filter_*` fields of `args`; `registered` are the `LossSpec`s of the losses the filter would act
-    on (refused where there is none, or where one couples the pairs of a batch)."""
-    ratio = filter_ratio(args)
-    if ratio != AUTO:
-        _require_finite("ropo_filter_ratio", ratio)
-        if not 0 <= ratio < 1:
-            raise ValueError(
-                f"`ropo_filter_ratio` must be in [0, 1) (the share of each batch to distrust) or {AUTO!r}, got {ratio}."
-            )
-    warmup = robust_hyperparameter(args, "ropo_filter_warmup_steps")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"`ropo_filter_warmup_steps` must be a whole number >= 0, got {warmup!r}.")
-    mode = robust_hyperparameter(args, "ropo_filter_mode")
-    if mode not in FILTER_MODES:
-        raise ValueError(f"`ropo_filter_mode` must be one of {list(FILTER_MODES)}, got {mode!r}.")
-    max_margin = robust_hyperparameter(args, "ropo_filter_max_margin")
-    if max_margin is not None:
-        _require_finite("ropo_filter_max_margin", max_margin)
-    scope = filter_scope(args)
-    if scope not in FILTER_SCOPES:
-        raise ValueError(f"`ropo_filter_scope` must be one of {list(FILTER_SCOPES)}, got {scope!r}.")
-    if ratio == AUTO and scope != "epoch":
-        raise ValueError(
-            f"`ropo_filter_ratio={AUTO!r}` estimates the flip rate from a whole epoch of training margins and decides "
-            f"once per epoch, so it needs ropo_filter_scope='epoch' (its default), not {scope!r}. A per-step estimate "
-            "is not offered: the first epoch's margins, which come from a barely trained model, put the estimate "
-            "anywhere between 0.06 and 0.29 at 20% flips (trl-robust's measurement). For a one-epoch run, set a "
-            "fixed ratio with the step scope, e.g. the flip rate `trl-robust audit` estimates."
-        )
-    if not filters(args):
-        return
-    if not registered:
-        raise ValueError(
-            f"`ropo_filter_ratio={ratio}` filters the pairs of trl-robust's loss types, and loss_type "
-            f"{_loss_types(args)} has none. Use e.g. loss_type 'ropo' (the ROPO framework's loss)."
-        )
-    coupled = [spec.name for spec in registered if spec.couples_batch]
-    if coupled:
-        raise ValueError(
-            f"`ropo_filter_ratio` cannot be combined with {coupled}: it computes one objective over the whole batch, "
-            "so there is no per-pair loss to drop or correct (Dr. DPO already down-weights contradicted pairs)."
-        )

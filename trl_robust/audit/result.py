@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data import FLIP_COLUMN
-from ..filtering import n_suspected
+from ..filter.rules import n_suspected
 
 CLEAN_MODES = ("drop", "swap")  # what clean-and-retrain does with the most suspicious pairs
 DEFAULT_FLIP_COLUMN = FLIP_COLUMN  # what `trl_robust.data.flip_preferences` writes

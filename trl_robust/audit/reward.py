@@ -36,8 +36,9 @@ def _reward_audit_trainer_class():
                 chosen, rejected = torch.chunk(outputs.logits.squeeze(-1).float(), chunks=2)
                 recorded = [chosen, rejected]
                 if self._reward_spec is not None:
-                    loss_fn, z, _ = self._loss_margin(chosen, rejected, inputs.get("margin"))
-                    recorded.append(loss_fn(z))
+                    spec = self._reward_spec  # the loss of each pair, as training computes it
+                    margin = self._robust_margin(spec, chosen, rejected, offset=inputs.get("margin"))
+                    recorded.append(self._robust_loss_fn(spec)(margin.z))
                 self._record_by_row(self._audit_records, *recorded)
             return (loss, outputs) if return_outputs else loss
 
@@ -51,10 +52,11 @@ def score_with_reward_model(source, dataset, *, batch_size, max_length, loss_typ
     `dataset` carries the row-index column already."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from ..registry import config_class_with
     from ..reward import RobustRewardConfig
 
     try:
-        args = RobustRewardConfig(
+        args = config_class_with(RobustRewardConfig, loss_hyperparameters or {})(  # a plugin's hyperparameter too
             output_dir=trainer_dir,  # a temporary directory: the Trainer writes nothing we keep
             per_device_eval_batch_size=batch_size,
             per_device_train_batch_size=batch_size,
@@ -93,7 +95,7 @@ def score_with_reward_model(source, dataset, *, batch_size, max_length, loss_typ
         trainer.remove_callback(PrinterCallback)
     trainer.eval_dataset = trainer.train_dataset  # tokenised once, by TRL's __init__
     trl_metrics = trainer.evaluate()
-    from ..integration.filter import values_by_row
+    from ..filter.columns import values_by_row
 
     values = values_by_row(trainer._audit_records, range(len(dataset)))
     chosen, rejected = values[0], values[1]

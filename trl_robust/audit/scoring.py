@@ -394,7 +394,7 @@ def _check_rows_scored(prepared, n_rows: int, max_length: int | None) -> None:
 
 def _collect(records, n_rows: int):
     """Δ (and the registered loss) of every input row, in input order; every row must have been scored."""
-    from ..integration.filter import values_by_row
+    from ..filter.columns import values_by_row
 
     values = values_by_row(records, range(n_rows))
     delta = values[0]

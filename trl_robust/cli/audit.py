@@ -12,7 +12,7 @@ from pathlib import Path
 from ..audit import AuditInputError, AuditResult, audit_preferences
 from ..audit.checks import check_loss_type, check_output_dir, check_settings, resolve_models
 from ..audit.result import CLEAN_MODES, DEFAULT_FLIP_COLUMN
-from ..filtering import n_suspected
+from ..filter.rules import n_suspected
 from ..paths import looks_like_local_path
 from ..registry import registered_hyperparameters
 

@@ -1,20 +1,18 @@
 """`RobustRewardConfig`: TRL's `RewardConfig` plus `loss_type` and the robust losses' hyperparameters, validated at
 construction."""
 
-import difflib
 import math
 import warnings
 from dataclasses import dataclass, field
 
 from trl import RewardConfig
 
-from ..config import RopoFilterArguments, parse_filter_ratio, validate_filtering
+from ..config import ROBUST_FIELDS, RobustArguments, robust_hyperparameter, validate_loss_settings
 from ..losses import bradley_terry_loss
-from ..registry import CDPO_EPSILON, ROPO_ALPHA, LossSpec, get_loss_spec, registered_loss_types
+from ..registry import CDPO_EPSILON, LossSpec, get_loss_spec, registered_loss_types, unknown_loss_type_error
 
 # TRL's reward loss, −log σ(r_c − r_r [− margin]): the Bradley–Terry model's negative log-likelihood.
 BRADLEY_TERRY = "bradley_terry"
-DEFAULT_REWARD_CLIP = 10.0
 # What `RobustRewardTrainer` computes for `bradley_terry` where ROPO's filter needs the per-pair losses (TRL's own code
 # computes it otherwise). Not registered: DPO's name for the same loss is TRL's `sigmoid`.
 BRADLEY_TERRY_SPEC = LossSpec(name=BRADLEY_TERRY, fn=bradley_terry_loss)
@@ -30,7 +28,7 @@ def reward_loss_types() -> list[str]:
 
 
 @dataclass
-class RobustRewardConfig(RopoFilterArguments, RewardConfig):
+class RobustRewardConfig(RobustArguments, RewardConfig):
     r"""
     Configuration for [`RobustRewardTrainer`]: every field of TRL's `RewardConfig`, plus the following.
 
@@ -63,7 +61,7 @@ class RobustRewardConfig(RopoFilterArguments, RewardConfig):
     pairs whose margin is lowest — those the reward model most confidently ranks the other way round — are taken out
     of the loss or trained with their label swapped. It applies to every loss type, `bradley_terry` included (TRL's
     loss, then computed by trl-robust per pair so that the suspects can be left out). `"auto"` estimates the flip rate
-    each epoch from the margins the training steps computed (`trl_robust.noise.auto`) and distrusts that share of the
+    each epoch from the margins the training steps computed (`trl_robust.filter.auto`) and distrusts that share of the
     previous epoch's lowest margins; it needs two epochs or more.
     """
 
@@ -76,22 +74,6 @@ class RobustRewardConfig(RopoFilterArguments, RewardConfig):
             "Bradley–Terry, ε = `label_smoothing`), or a loss added with `trl_robust.register_loss`."
         },
     )
-    ropo_alpha: float = field(
-        default=ROPO_ALPHA.default,
-        metadata={
-            "help": "α of the ROPO loss (Liang et al., ICML 2025, arXiv 2404.04102), used with `loss_type='ropo'`. "
-            "Must be > 0; the paper recommends 14 (ablation {6, 14, 30})."
-        },
-    )
-    # `str` too: the command line can only say "none" as text.
-    sympo_reward_clip: float | str | None = field(
-        default=DEFAULT_REWARD_CLIP,
-        metadata={
-            "help": "Reward clip c for the `sympo_*` losses (SymPO, arXiv 2505.24709): each side's reward is clamped to "
-            "[−c, c] before the chosen-minus-rejected difference. Must be > 0; `none` (YAML `null`) disables it "
-            "(not with `sympo_unhinged`)."
-        },
-    )
     label_smoothing: float = field(
         default=CDPO_EPSILON.default,
         metadata={
@@ -101,36 +83,14 @@ class RobustRewardConfig(RopoFilterArguments, RewardConfig):
     )
 
     def __post_init__(self):
-        self.sympo_reward_clip = parse_reward_clip(self.sympo_reward_clip)
-        self.ropo_filter_ratio = parse_filter_ratio(self.ropo_filter_ratio)
+        self._parse_robust_fields()
         validate_reward_args(self)
         super().__post_init__()
 
 
-def parse_reward_clip(value):
-    """`sympo_reward_clip` as a number or None; the command line passes text ("none", "5")."""
-    if not isinstance(value, str):
-        return value
-    text = value.strip().lower()
-    try:
-        return None if text in ("none", "null") else float(text)
-    except ValueError:
-        raise ValueError(f"`sympo_reward_clip` must be a positive number or none, got {value!r}.") from None
-
-
-def reward_hyperparameter(args, name: str):
-    """`args.<name>`, or what a plain `trl.RewardConfig` (which lacks it) is read as: `RobustRewardConfig`'s default,
-    else the registered `Hyperparameter`'s."""
-    if hasattr(args, name):
-        return getattr(args, name)
-    defaults = {"loss_type": BRADLEY_TERRY, "sympo_reward_clip": DEFAULT_REWARD_CLIP}
-    if name in defaults:
-        return defaults[name]
-    for spec_name in registered_loss_types():
-        for hyperparameter in get_loss_spec(spec_name).hyperparameters.values():
-            if hyperparameter.attribute == name and hyperparameter.has_default:
-                return hyperparameter.default
-    raise AttributeError(name)
+def reward_loss_type(args) -> str:
+    """`args.loss_type`, or `bradley_terry` for a plain `trl.RewardConfig` (which has no such field)."""
+    return getattr(args, "loss_type", BRADLEY_TERRY)
 
 
 def unknown_reward_loss_error(name) -> ValueError:
@@ -141,11 +101,12 @@ def unknown_reward_loss_error(name) -> ValueError:
             f"loss_type {name!r} is one objective over a batch of DPO pairs, not a per-pair loss; it is not offered for "
             f"reward models. Valid loss types for reward models: {', '.join(valid)}."
         )
-    close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
     if name == "sigmoid":  # DPO's name for the same log-loss
-        hint = " TRL's reward loss −log σ(z) is called 'bradley_terry' here."
-    return ValueError(f"Unknown loss_type {name!r} for a reward model.{hint} Valid loss types: {', '.join(valid)}.")
+        return ValueError(
+            f"Unknown loss_type {name!r} for a reward model. TRL's reward loss −log σ(z) is called 'bradley_terry' "
+            f"here. Valid loss types: {', '.join(valid)}."
+        )
+    return unknown_loss_type_error(name, valid, what="for a reward model")
 
 
 def validate_reward_args(args) -> None:
@@ -154,7 +115,7 @@ def validate_reward_args(args) -> None:
     Called by `RobustRewardConfig.__post_init__` and again by `RobustRewardTrainer` before any model is loaded (so a
     plain `trl.RewardConfig`, read as `bradley_terry`, gets the same checks).
     """
-    loss_type = reward_hyperparameter(args, "loss_type")
+    loss_type = reward_loss_type(args)
     if not isinstance(loss_type, str):
         raise ValueError(
             f"`loss_type` of a reward model is one name, got {loss_type!r}; choose one of {', '.join(reward_loss_types())}."
@@ -163,43 +124,17 @@ def validate_reward_args(args) -> None:
         raise unknown_reward_loss_error(loss_type)
     spec = get_loss_spec(loss_type)
 
-    # The package's own fields are checked always (a bad value is a mistake even before it is used); a registered
-    # loss's hyperparameters when that loss is in use.
-    ROPO_ALPHA.validate(reward_hyperparameter(args, "ropo_alpha"))
-    epsilon = reward_hyperparameter(args, "label_smoothing")
+    epsilon = robust_hyperparameter(args, "label_smoothing")
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon):
         raise ValueError(f"`label_smoothing` must be a finite number, got {epsilon!r}.")
-    for kwarg, hyperparameter in (spec.hyperparameters.items() if spec else ()):
-        if not hasattr(args, hyperparameter.attribute) and not hyperparameter.has_default:
-            raise ValueError(
-                f"Loss type {loss_type!r} takes `{kwarg}` from the config attribute `{hyperparameter.attribute}`, which "
-                f"{type(args).__name__} does not have. Add it by subclassing `trl_robust.RobustRewardConfig`, or "
-                "register the loss with a `Hyperparameter` that has a default."
-            )
-        hyperparameter.validate(reward_hyperparameter(args, hyperparameter.attribute))
-
-    clip = reward_hyperparameter(args, "sympo_reward_clip")
-    if clip is not None:
-        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip):
-            raise ValueError(f"`sympo_reward_clip` must be a finite number or None, got {clip!r}.")
-        if clip <= 0:
-            raise ValueError(
-                f"`sympo_reward_clip` must be > 0 (the SymPO authors use 10), got {clip}; set it to None to disable "
-                "reward clipping (`none` on the command line, `null` in YAML)."
-            )
-    if spec is not None and spec.requires_reward_clip and clip is None:
-        raise ValueError(
-            f"Loss type {loss_type!r} is unbounded below without SymPO's reward clip (its minimiser is an infinite "
-            "reward margin): set `sympo_reward_clip` to a positive number (the SymPO authors use 10) instead of None."
-        )
-
     coefficient = getattr(args, "center_rewards_coefficient", None)
     if coefficient is not None and (
         isinstance(coefficient, bool) or not isinstance(coefficient, (int, float)) or not math.isfinite(coefficient)
     ):
         raise ValueError(f"`center_rewards_coefficient` must be a finite number or None, got {coefficient!r}.")
 
-    validate_filtering(args, [spec or BRADLEY_TERRY_SPEC])
+    # ROPO's filter acts on any reward loss, Bradley–Terry included (computed per pair by trl-robust then).
+    validate_loss_settings(args, [spec or BRADLEY_TERRY_SPEC], [loss_type], always=ROBUST_FIELDS)
 
     if epsilon != 0 and loss_type != "cdpo":
         warnings.warn(

@@ -28,7 +28,7 @@ Pure functions; `RobustDPOTrainer` supplies the margins and applies the result.
 
 import numpy as np
 
-from .estimate import DEFAULT_ESTIMATOR, estimate_noise
+from ..noise.estimate import DEFAULT_ESTIMATOR, estimate_noise
 
 AUTO = "auto"  # the value of `ropo_filter_ratio` that turns this on
 FLOOR = 0.08

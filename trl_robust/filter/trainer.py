@@ -1,45 +1,55 @@
-"""ROPO's noisy-sample filter inside a TRL trainer: the glue shared by `RobustDPOTrainer` and `RobustRewardTrainer`.
+"""ROPO's noisy-sample filter inside a TRL trainer: the mixin the robust loss path (`trl_robust.integration.core`) of
+both trainers calls.
 
-The pure rules (which pairs to distrust, what to do with them) live in `trl_robust.filtering` and, for
-`ropo_filter_ratio="auto"`, `trl_robust.noise.auto`; this module applies them to a `transformers.Trainer` whose loss
-sees each pair's margin z:
-
-- `RopoFilterMixin`, mixed in before TRL's trainer class, carries dataset columns that are not model inputs (the row
-  index, the `label_flipped` record) through TRL's collator to the loss, keeps the filter's state (the step filter's
-  running window, the epoch's suspects, the margins `auto` records), scores the training set through TRL's own
-  evaluation loop and decides which pairs to distrust;
-- `_StepFilterCallback` and `_EpochFilterCallback` make those decisions at the right moments and put their state into
-  every checkpoint's `trainer_state.json`, so that a resumed run distrusts what the uninterrupted run would have.
-
-The trainer supplies the margins: it calls `_record_scored_margins` (during `_score_training_set`'s pass),
-`_record_free_margins` (`auto`, in training), `_suspected_pairs` and `_filtered_loss` from its loss, and logs
-`_filter_values`. z is the trainer's margin: β·Δ for DPO, the reward difference for a reward model.
+The pure rules (which pairs to distrust, what to do with them) live in `trl_robust.filter.rules` and, for
+`ropo_filter_ratio="auto"`, `trl_robust.filter.auto`; this module applies them to a `transformers.Trainer` whose loss
+sees each pair's margin z (β·Δ for DPO, the reward difference for a reward model). The trainer's loss calls one
+method, `_ropo_filter_batch`, with this batch's margins: it records what the epoch filter's scoring pass and `auto`
+need, gathers the batch's per-pair values over every process, and returns a `FilterBatch` that says which pairs to
+distrust, what to log about them, and how to apply the decision to the loss. The callbacks that decide at the right
+moments and save the filter's state with checkpoints are in `trl_robust.filter.state`; the passed-through columns in
+`trl_robust.filter.columns`.
 """
 
 import contextlib
-import inspect
 import math
 import warnings
 from collections import defaultdict
+from dataclasses import dataclass
 
-import numpy as np
 import torch
-from datasets import Dataset
-from transformers import TrainerCallback
 
-from ..config import filter_ratio, filter_scope, filters, robust_hyperparameter
 from ..data import FLIP_COLUMN, ROW_COLUMN
-from ..filtering import filter_window, filtered_loss, rankable, running_suspected_pairs, suspected_pairs
-from ..noise.auto import AUTO, auto_filter_ratio, estimate_flip_rate
+from .auto import AUTO
+from .columns import PassThroughCollator, values_by_row
+from .rules import filter_window, filtered_loss, rankable, running_suspected_pairs, suspected_pairs
+from .settings import filter_ratio, filter_scope, filters, setting
+from .state import EpochFilterCallback, RunningFilter, StepFilterCallback
+
+
+@dataclass
+class FilterBatch:
+    """What ROPO's filter made of one batch: its per-pair values gathered over every process (`pairs`: the trainer's
+    columns and the filter's), which of them to distrust (`suspected`, None where the filter does not act), the
+    filter's metrics as tensors, and the step filter's state awaiting the batch's one host transfer (`running`)."""
+
+    pairs: dict
+    suspected: torch.Tensor | None
+    metrics: dict
+    running: "RunningFilter | None"
+    trainer: "RopoFilterMixin"
+
+    def loss(self, loss_fn, z: torch.Tensor) -> torch.Tensor:
+        """This process's per-pair losses ℓ(z), with the suspects dropped or corrected (`ropo_filter_mode`)."""
+        return self.trainer._filtered_loss(loss_fn, z, self.suspected)
 
 
 class RopoFilterMixin:
     """ROPO's training filter and the dataset columns it needs, for a TRL trainer (mixed in before TRL's class).
 
     The trainer calls `_set_up_ropo_filter()` at the end of its `__init__`, takes the passed-through columns out of
-    each batch with `_columns_taken_out(inputs)` around TRL's `compute_loss`, and in its loss: records margins
-    (`_row_margins`, `_free_margins`), asks `_suspected_pairs` which pairs of the gathered batch to distrust and trains
-    on `_filtered_loss`.
+    each batch with `_columns_taken_out(inputs)` around TRL's `compute_loss`, and hands each batch's margins to
+    `_ropo_filter_batch` (the one entry point).
     """
 
     _passed_columns: dict = {}  # column -> dtype; per instance once `_pass_through_column` is called
@@ -47,7 +57,7 @@ class RopoFilterMixin:
     _epoch_suspects = None  # per input row: distrusted this epoch (epoch scope only)
     _row_margins = None  # while the epoch filter scores the training set: the gathered (rows, z) batches
     _free_margins = None  # `auto`: this epoch's training margins, gathered (rows, z) batches still on the device
-    _step_filters: dict = {}  # loss type -> _RunningFilter (step scope only)
+    _step_filters: dict = {}  # loss type -> RunningFilter (step scope only)
 
     def _set_up_ropo_filter(self) -> None:
         """After TRL's `__init__`: pass the row index and flip record through, and add the filter's callback."""
@@ -60,10 +70,10 @@ class RopoFilterMixin:
         if per_epoch:
             self._free_margins = [] if filter_ratio(self.args) == AUTO else None
             self._pass_through_column(ROW_COLUMN, torch.long)
-            self.add_callback(_EpochFilterCallback(self))
+            self.add_callback(EpochFilterCallback(self))
         else:
             self._step_filters = {}
-            self.add_callback(_StepFilterCallback(self))
+            self.add_callback(StepFilterCallback(self))
         self._warn_where_the_filter_cannot_reach_its_ratio()
 
     @property
@@ -79,7 +89,7 @@ class RopoFilterMixin:
         """
         if not self._passed_columns:
             self._passed_columns = {}
-            self.data_collator = _PassThroughCollator(self.data_collator, self._passed_columns)
+            self.data_collator = PassThroughCollator(self.data_collator, self._passed_columns)
         self._passed_columns[column] = dtype
 
     def _set_signature_columns_if_needed(self):
@@ -102,6 +112,24 @@ class RopoFilterMixin:
         finally:
             self._batch_columns = {}
 
+    def _ropo_filter_batch(self, loss_type: str, margins, columns: dict, mode: str, records_margins: bool = True):
+        """The filter's one entry point, for each batch of the loss `loss_type`; None during the epoch filter's scoring
+        pass (the loss then trains nothing and logs nothing).
+
+        Records `margins` (unclipped z: what the epoch filter and `auto` rank the pairs by) where a mode needs them and
+        `records_margins` is set, gathers `columns` (the trainer's per-pair values, `z` among them) together with the
+        filter's own over every process in one call, and decides which pairs of the global batch to distrust.
+        """
+        if self._row_margins is not None:
+            if records_margins:
+                self._record_scored_margins(margins)
+            return None
+        if self._free_margins is not None and mode == "train" and records_margins:  # `auto`: the next epoch's estimate
+            self._record_free_margins(margins)
+        pairs = self._gather_pairs(**columns, **self._filter_columns(columns["z"], mode))
+        suspected, running = self._suspected_pairs(loss_type, pairs, mode)
+        return FilterBatch(pairs, suspected, self._filter_values(pairs, suspected, mode), running, self)
+
     def _gather_pairs(self, **columns) -> dict:
         """Every process's per-pair values, in one gather (flags as float: not every backend gathers bool)."""
         stacked = torch.stack([column.float() for column in columns.values()], dim=-1)
@@ -118,12 +146,12 @@ class RopoFilterMixin:
         # The window fills during the warm-up too, so that the first filtered pairs meet a full window.
         running = self._step_filters.get(loss_type)
         if running is None:
-            running = self._step_filters[loss_type] = _RunningFilter(self.accelerator.device)
+            running = self._step_filters[loss_type] = RunningFilter(self.accelerator.device)
         z = pairs["z"]
-        if self.state.global_step < robust_hyperparameter(self.args, "ropo_filter_warmup_steps"):
+        if self.state.global_step < setting(self.args, "ropo_filter_warmup_steps"):
             suspected, window, debt = None, torch.cat([running.history, rankable(z)]), running.debt
         else:
-            max_margin = robust_hyperparameter(self.args, "ropo_filter_max_margin")
+            max_margin = setting(self.args, "ropo_filter_max_margin")
             ratio = filter_ratio(self.args)
             suspected, window, debt = running_suspected_pairs(z, running.history, running.debt, ratio, max_margin)
         keep = max(self._filter_window() - len(z), 0)
@@ -158,14 +186,14 @@ class RopoFilterMixin:
         total = self._planned_optimizer_steps()
         if total is None:
             return
-        warmup = robust_hyperparameter(self.args, "ropo_filter_warmup_steps")
+        warmup = setting(self.args, "ropo_filter_warmup_steps")
         if warmup >= total:
             warnings.warn(
                 f"ropo_filter_warmup_steps={warmup} is at or beyond the {total} optimizer steps of this run: ROPO's "
                 "filter will distrust nothing. Lower the warm-up (it trains on every pair first; 10-20% of the steps "
                 "is a common choice) or train for longer.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             return
         if filter_scope(self.args) != "step":
@@ -182,7 +210,7 @@ class RopoFilterMixin:
                 f"{warmup} warm-up step{'' if warmup == 1 else 's'}: it will distrust about {math.floor(ratio * filtered)}, "
                 "and the share it realises can differ from ρ. Train for longer or shorten the warm-up.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     def _filter_columns(self, z: torch.Tensor, mode: str) -> dict:
@@ -200,7 +228,7 @@ class RopoFilterMixin:
             return loss_fn(z)
         start = self.accelerator.process_index * len(z)  # `gather` concatenates the processes in rank order
         local = suspected[start : start + len(z)]
-        mode_name = robust_hyperparameter(self.args, "ropo_filter_mode")
+        mode_name = setting(self.args, "ropo_filter_mode")
         return filtered_loss(loss_fn, z, local, mode_name, n_global=len(suspected), k_global=suspected.sum())
 
     def _filter_values(self, pairs: dict, suspected, mode: str) -> dict:
@@ -215,10 +243,11 @@ class RopoFilterMixin:
             values["filter_precision"] = (filtered & pairs["flipped"].bool()).float().sum() / filtered.sum()
         return values
 
-    def _to_host(self, values: dict, running) -> dict[str, float]:
-        """`values` (name -> 0-d tensor) as floats, and the step filter's host copy of its window and count
-        (`running`, None outside the step scope) committed: one device-to-host transfer for all of them, not one
+    def _to_host(self, values: dict, batch: FilterBatch) -> dict[str, float]:
+        """`values` (name -> 0-d tensor) as floats, and the step filter's host copy of its window and count (the
+        batch's `running`, None outside the step scope) committed: one device-to-host transfer for all of them, not one
         `.item()` sync each."""
+        running = batch.running
         pieces = [torch.stack([value.float() for value in values.values()])] if values else []
         if running is not None:
             window_z, debt, _ = running.pending
@@ -286,7 +315,7 @@ class RopoFilterMixin:
         below `ropo_filter_max_margin` if it is set."""
         rows = sorted(margins)
         z = torch.tensor([margins[row] for row in rows], dtype=torch.float64)
-        chosen = suspected_pairs(z, ratio, robust_hyperparameter(self.args, "ropo_filter_max_margin"))
+        chosen = suspected_pairs(z, ratio, setting(self.args, "ropo_filter_max_margin"))
         return [row for row, suspect in zip(rows, chosen.tolist()) if suspect]
 
     def _take_free_margins(self) -> dict[int, float]:
@@ -324,213 +353,3 @@ class RopoFilterMixin:
         rows already met this epoch, and `_take_free_margins` keeps a row's first margin."""
         rows = self._batch_columns[ROW_COLUMN].to(z.device)
         self._free_margins.append(self.accelerator.gather((rows, z.detach().float())))
-
-
-def values_by_row(records: list, rows) -> list[torch.Tensor]:
-    """The per-pair values `_record_by_row` recorded, one tensor per value, in the order of `rows` (the input rows
-    expected). A row recorded twice counts once; a row expected but never recorded is an error."""
-    if not records:
-        raise RuntimeError("no batch was scored")
-    columns = [torch.cat(parts) for parts in zip(*records)]
-    first = {}
-    for position, row in enumerate(columns[0].long().tolist()):
-        first.setdefault(row, position)
-    absent = [row for row in rows if row not in first]
-    if absent:
-        raise RuntimeError(f"rows {absent[:10]} were lost between TRL's data loader and the loss")
-    positions = torch.tensor([first[row] for row in rows], dtype=torch.long)
-    return [column.float()[positions] for column in columns[1:]]
-
-
-
-class _RunningFilter:
-    """The state of ROPO's step filter for one loss type: the window of recent margins and the carried count (debt) of
-    `trl_robust.filtering.running_suspected_pairs`.
-
-    Kept on the device, where the decisions are made without a host sync, and mirrored on the host from the values
-    that ride on each step's one metrics transfer, so that `_StepFilterCallback` can put it into every checkpoint
-    without touching the device.
-    """
-
-    def __init__(self, device, history=(), debt=0.0):
-        self.history = torch.tensor(list(history), dtype=torch.float32, device=device)
-        self.debt = torch.tensor(float(debt), dtype=torch.float32, device=device)
-        self.host_history, self.host_debt = [float(v) for v in history], float(debt)
-        self.pending = None  # (this micro-batch's margins as kept, new debt, how many to keep) until the transfer
-
-    def commit(self, margins: list[float], debt: float) -> None:
-        """Mirror the device state on the host once this step's values have arrived."""
-        keep, combined = self.pending[2], self.host_history + margins
-        self.host_history = combined[max(len(combined) - keep, 0) :]
-        self.host_debt = debt
-        self.pending = None
-
-    def export(self) -> dict:
-        return {"history": list(self.host_history), "debt": self.host_debt}
-
-
-class _StepFilterCallback(TrainerCallback):
-    """ROPO's step filter across checkpoints: its window and count go into `state.stateful_callbacks[STATE_KEY]` after
-    every optimizer step (from the host copy: no device sync), which transformers writes into each checkpoint's
-    `trainer_state.json`; a run resumed from it ranks its next pairs against the same window with the same count, so
-    it distrusts the pairs the uninterrupted run would have."""
-
-    STATE_KEY = "trl_robust.RopoStepFilter"
-
-    def __init__(self, trainer: RopoFilterMixin):
-        self.trainer = trainer
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        saved = (state.stateful_callbacks or {}).get(self.STATE_KEY)  # present when resuming from our checkpoint
-        device = self.trainer.accelerator.device
-        self.trainer._step_filters = {
-            loss_type: _RunningFilter(device, values["history"], values["debt"])
-            for loss_type, values in (saved["attributes"] if saved else {}).items()
-        }
-
-    def on_step_end(self, args, state, control, **kwargs):
-        attributes = {loss_type: running.export() for loss_type, running in self.trainer._step_filters.items()}
-        state.stateful_callbacks[self.STATE_KEY] = {"args": {}, "attributes": attributes}
-
-
-class _EpochFilterCallback(TrainerCallback):
-    """ROPO's per-epoch filter: at the start of each epoch, decide which training rows to distrust for that epoch.
-
-    The decision is kept in `state.stateful_callbacks[STATE_KEY]`, which transformers writes into every checkpoint's
-    `trainer_state.json`, so a run resumed inside an epoch distrusts the same rows as the uninterrupted run (its
-    model at the start of that epoch is gone by then) and a run resumed at an epoch boundary scores afresh with the
-    same model the uninterrupted run would have used.
-
-    With `ropo_filter_ratio="auto"` the decision at the start of epoch e uses the margins the training steps of epoch
-    e − 1 recorded (`trl_robust.noise.auto`): their flip-rate estimate joins the list of estimates, and ρ follows from
-    that list. The estimates, and the margins of the current epoch so far, go into the checkpoints too (written only
-    when a checkpoint is about to be saved), so that a resumed run estimates from the same margins.
-    """
-
-    STATE_KEY = "trl_robust.RopoEpochFilter"
-
-    def __init__(self, trainer: RopoFilterMixin):
-        self.trainer = trainer
-        self.decided_epoch = None  # the epoch whose suspects `trainer._epoch_suspects` holds
-        self.auto = filter_ratio(trainer.args) == AUTO
-        self.estimates = []  # auto: ε̂ per epoch trained, oldest first (None where nothing could be estimated)
-        self.margins = {}  # auto: row -> margin, of the current epoch so far (on the host)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        saved = (state.stateful_callbacks or {}).get(self.STATE_KEY)  # present when resuming from our checkpoint
-        attributes = saved["attributes"] if saved else {}
-        self.decided_epoch = attributes.get("epoch")
-        self.trainer._set_epoch_suspects(attributes.get("rows"))
-        self.estimates = list(attributes.get("estimates", []))
-        self.margins = {int(row): z for row, z in zip(*attributes.get("margins", ([], [])))}
-        if self.trainer._free_margins:
-            self.trainer._take_free_margins()  # (a previous `train()` call's leftovers)
-        if state.num_train_epochs is not None and state.num_train_epochs <= 1:
-            warnings.warn(
-                "ropo_filter_scope='epoch' chooses its suspects at the start of each epoch after the first, and this "
-                f"run trains for {state.num_train_epochs} epoch: nothing will be filtered. Train for more epochs or "
-                "use ropo_filter_scope='step'"
-                + (" with a fixed ropo_filter_ratio (e.g. the flip rate `trl-robust audit` estimates)." if self.auto else "."),
-                UserWarning,
-                stacklevel=2,
-            )
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        position = state.epoch or 0.0
-        epoch = math.floor(position + 1e-6)
-        if epoch == self.decided_epoch:
-            return  # resumed inside this epoch: its suspects came back with the checkpoint
-        warmup = robust_hyperparameter(args, "ropo_filter_warmup_steps")
-        inside_an_epoch = abs(position - round(position)) > 1e-6  # resumed mid-epoch from a checkpoint without them
-        untrained = state.global_step == 0 or inside_an_epoch  # never with the untrained model
-        if self.auto:
-            rows = None if untrained else self._decide_from_the_last_epoch(state.global_step >= warmup)
-        elif untrained or state.global_step < warmup:
-            rows = None
-        else:
-            rows = self.trainer._choose_epoch_suspects()
-        self.trainer._set_epoch_suspects(rows)
-        self.decided_epoch = epoch
-        self._export(state, rows)
-
-    def _decide_from_the_last_epoch(self, filtering: bool) -> list[int] | None:
-        """`auto`: estimate ε from the epoch that just ended and choose this epoch's suspects (None: filter nothing)."""
-        margins = {**self.margins, **self.trainer._take_free_margins()}
-        self.margins = {}
-        estimate = estimate_flip_rate([margins[row] for row in sorted(margins)]) if margins else None
-        self.estimates.append(estimate)
-        ratio = auto_filter_ratio(self.estimates) if filtering else 0.0
-        metrics = self.trainer._metrics["train"]
-        if estimate is not None:
-            metrics["noise/estimated_flip_rate"].append(estimate)
-        metrics["noise/filter_ratio"].append(ratio)
-        return self.trainer._lowest_margin_rows(margins, ratio) if ratio > 0 else None
-
-    def _export(self, state, rows) -> None:
-        attributes = {"epoch": self.decided_epoch, "rows": rows}
-        if self.auto:
-            attributes.update(estimates=self.estimates, margins=[list(self.margins), list(self.margins.values())])
-        state.stateful_callbacks[self.STATE_KEY] = {"args": {}, "attributes": attributes}
-
-    def _before_a_save(self, state, control) -> None:
-        """`auto`: put the margins recorded so far this epoch into the checkpoint about to be written."""
-        if self.auto and control.should_save:
-            self.margins.update(self.trainer._take_free_margins())
-            saved = state.stateful_callbacks.get(self.STATE_KEY, {}).get("attributes", {})
-            self._export(state, saved.get("rows"))
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self._before_a_save(state, control)  # (transformers' flow callback, earlier in the list, has set should_save)
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        self._before_a_save(state, control)
-
-
-def rows_indexed_for_the_filter(args, trainer_init, leading: tuple, pargs, kwargs):
-    """`with_row_index` where ROPO's epoch filter is on (it traces every score to its row: the rows are indexed before
-    TRL sees them); the arguments unchanged otherwise."""
-    if filters(args) and filter_scope(args) == "epoch":
-        return with_row_index(trainer_init, leading, pargs, kwargs)
-    return pargs, kwargs
-
-
-def with_row_index(trainer_init, leading: tuple, pargs, kwargs):
-    """A trainer's remaining arguments (`pargs`, `kwargs`, after the `leading` ones) with a row-index column added to
-    `train_dataset`, as `trainer_init` (TRL's `__init__`) would bind them: for the per-epoch filter.
-
-    Checked before any model is loaded: the epoch filter needs a map-style dataset to score and index.
-    """
-    try:
-        bound = inspect.signature(trainer_init).bind(None, *leading, *pargs, **kwargs)
-    except TypeError:
-        return pargs, kwargs  # a call TRL will reject with its own message
-    train_dataset = bound.arguments.get("train_dataset")
-    if train_dataset is None:
-        return pargs, kwargs
-    if not isinstance(train_dataset, Dataset):
-        raise ValueError(
-            f"ropo_filter_scope='epoch' scores the whole training set at the start of each epoch, so it needs a "
-            f"map-style `datasets.Dataset` as train_dataset, got {type(train_dataset).__name__}. Use "
-            "ropo_filter_scope='step' for streamed data."
-        )
-    if ROW_COLUMN in train_dataset.column_names:
-        raise ValueError(f"train_dataset has a column named {ROW_COLUMN!r}, which trl-robust reserves; rename it.")
-    bound.arguments["train_dataset"] = train_dataset.add_column(ROW_COLUMN, np.arange(len(train_dataset), dtype=np.int64))
-    return bound.args[1 + len(leading) :], bound.kwargs
-
-
-class _PassThroughCollator:
-    """TRL's collator, plus the given columns as tensors (TRL's collator ignores keys it does not know)."""
-
-    def __init__(self, collator, columns: dict):
-        self.collator = collator
-        self.columns = columns  # column -> dtype, shared with the trainer
-
-    def __call__(self, examples):
-        batch = self.collator(examples)
-        for column, dtype in self.columns.items():
-            if examples and all(column in example for example in examples):
-                batch[column] = torch.tensor([example[column] for example in examples], dtype=dtype)
-        return batch
-
-
