@@ -1,5 +1,8 @@
-"""The loss registry: open to third parties, refusing clashes."""
+"""The loss registry: open to third parties (in code, or installed: the `trl_robust.losses` entry points), refusing
+clashes, and never skipping a plugin it cannot load. (tests/test_plugin.py installs a real plugin with pip.)"""
 
+import importlib.metadata
+import sys
 from dataclasses import dataclass, field
 
 import pytest
@@ -7,8 +10,9 @@ import torch
 import trl
 
 import trl_robust
-from trl_robust import RobustDPOConfig, RobustDPOTrainer, register_loss, unregister_loss
+from trl_robust import RobustDPOConfig, RobustDPOTrainer, register_loss, registry, unregister_loss
 from trl_robust.compat import trl_builtin_loss_types
+from trl_robust.registry import ENTRY_POINT_GROUP, LossPluginError, get_loss_spec, registered_loss_types
 
 from .conftest import train_args
 
@@ -31,7 +35,9 @@ def test_available_loss_types_lists_trl_builtins_then_registered():
     builtins = list(trl_builtin_loss_types())
     assert names[: len(builtins)] == builtins
     assert {"sigmoid", "ipo", "robust", "hinge", "sft"} <= set(builtins)
-    assert names[len(builtins) :] == ["ropo", "sympo_sigmoid", "sympo_ramp", "sympo_unhinged", "cdpo", "drdpo"]
+    assert names[len(builtins) :] == registered_loss_types()
+    # The package's own: its functions in trl_robust.losses (no plugin is installed where the tests run).
+    assert all(get_loss_spec(name).fn.__module__ == "trl_robust.losses" for name in registered_loss_types())
 
 
 def test_builtin_names_are_read_from_the_installed_trl_source():
@@ -43,7 +49,7 @@ def test_builtin_names_are_read_from_the_installed_trl_source():
         assert f'loss_type == "{name}"' in source
 
 
-@pytest.mark.parametrize("name", ["ropo", "sigmoid", "ipo"])
+@pytest.mark.parametrize("name", [registered_loss_types()[0], "sigmoid", "ipo"])
 def test_register_refuses_duplicates_and_trl_builtins(name):
     with pytest.raises(ValueError, match="already registered|TRL built-in"):
         register_loss(name, torch.sigmoid)
@@ -84,3 +90,78 @@ def test_unregistered_names_are_rejected_again(tmp_path):
         train_args(tmp_path, loss_type="temporary_loss")
     with pytest.raises(KeyError):
         unregister_loss("temporary_loss")
+
+
+# --- plugins: the `trl_robust.losses` entry points ------------------------------------------------------------------
+
+
+PLUGIN_CALLS = []
+
+
+def plugin_register():
+    """A plugin's entry point object: registers a loss, and resolves loss types while doing so (no recursion)."""
+    PLUGIN_CALLS.append(list(registered_loss_types()))
+    register_loss("plugin_margin", lambda z: torch.sigmoid(-2 * z))
+
+
+def plugin_that_fails():
+    raise RuntimeError("bad plugin")
+
+
+@pytest.fixture
+def entry_points(monkeypatch):
+    """Install fake entry points for the registry (which has not loaded any in this test yet); undo it afterwards."""
+    installed = []
+
+    def fake_entry_points(*, group):
+        assert group == ENTRY_POINT_GROUP
+        return [importlib.metadata.EntryPoint(name, value, group) for name, value in installed]
+
+    monkeypatch.setattr(registry.importlib.metadata, "entry_points", fake_entry_points)
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setattr(registry, "_loaded_entry_points", set())
+    PLUGIN_CALLS.clear()
+    yield installed
+    for name in ("plugin_margin", "module_margin"):
+        if name in registry._REGISTRY:
+            unregister_loss(name)
+    sys.modules.pop("trl_robust_test_plugin_module", None)
+
+
+def test_an_entry_point_is_loaded_lazily_once_and_may_resolve_loss_types(entry_points):
+    entry_points.append(("plugin_margin", f"{__name__}:plugin_register"))
+    assert PLUGIN_CALLS == []  # nothing happens until a loss type is resolved
+    assert get_loss_spec("plugin_margin") is not None
+    assert "plugin_margin" in trl_robust.available_loss_types() and "plugin_margin" in registered_loss_types()
+    assert len(PLUGIN_CALLS) == 1  # once per process, however often resolved
+    assert "plugin_margin" not in PLUGIN_CALLS[0]  # it resolved the loss types from inside the plugin: no recursion
+
+
+def test_a_registration_in_code_meets_the_installed_plugins_first(entry_points):
+    entry_points.append(("plugin_margin", f"{__name__}:plugin_register"))
+    with pytest.raises(ValueError, match="'plugin_margin' is already registered"):
+        register_loss("plugin_margin", torch.sigmoid)
+
+
+def test_a_module_entry_point_is_imported_not_called(entry_points, tmp_path, monkeypatch):
+    # `name = "package.module"`: importing the module registers its losses.
+    module = tmp_path / "trl_robust_test_plugin_module.py"
+    module.write_text("import torch\nfrom trl_robust import register_loss\nregister_loss('module_margin', torch.sigmoid)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entry_points.append(("module_margin", "trl_robust_test_plugin_module"))
+    assert get_loss_spec("module_margin").fn is torch.sigmoid
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("no_such_plugin_module:register", r"failed to import: ModuleNotFoundError: No module named 'no_such_plugin_module'"),
+        (f"{__name__}:plugin_that_fails", "failed while registering its losses: RuntimeError: bad plugin"),
+    ],
+)
+def test_a_broken_plugin_is_named_every_time_not_skipped(entry_points, value, message):
+    entry_points.append(("broken", value))
+    for _ in range(2):  # and again at the next resolution
+        with pytest.raises(LossPluginError, match=message) as error:
+            registered_loss_types()
+        assert f"entry point 'broken' = '{value}' in group 'trl_robust.losses'" in str(error.value)
