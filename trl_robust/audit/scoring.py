@@ -345,9 +345,11 @@ def _estimate_noise(z: torch.Tensor):
 def _audit_config(output_dir, beta, batch_size, max_length, loss_type, loss_hyperparameters, use_cpu, show_progress,
                   dataset_num_proc):
     from ..config import RobustDPOConfig
+    from ..registry import config_class_with
 
     registered = loss_type not in (None, "sigmoid")
-    return RobustDPOConfig(
+    # A plugin's hyperparameter has no field in RobustDPOConfig: a subclass with one (never saved: save_strategy no).
+    return config_class_with(RobustDPOConfig, loss_hyperparameters or {})(
         output_dir=output_dir,  # a temporary directory: the Trainer writes nothing we keep
         per_device_eval_batch_size=batch_size,
         per_device_train_batch_size=batch_size,
