@@ -13,7 +13,7 @@ from datasets import Dataset, DatasetDict, IterableDataset
 from trl import DPOTrainer
 
 from trl_robust import RobustDPOTrainer
-from trl_robust.data import check_preference_dataset, check_trainer_datasets
+from trl_robust.dataset_checks import check_preference_dataset, check_trainer_datasets
 from trl_robust.tiny import make_tokenizer
 
 from .conftest import train_args

@@ -306,7 +306,7 @@ def check_dataset(dataset, flip_column: str | None) -> list[bool] | None:
     """Validate the preference dataset; return its flip record (or None)."""
     from datasets import Dataset
 
-    from ..data import check_preference_dataset
+    from ..dataset_checks import check_preference_dataset
 
     if not isinstance(dataset, Dataset):
         hint = "; pick a split, e.g. dataset['train']" if isinstance(dataset, Mapping) else ""

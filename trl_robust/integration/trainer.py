@@ -7,7 +7,7 @@ from trl import DPOTrainer
 
 from .. import compat
 from ..config import RobustDPOConfig, validate_robust_args
-from ..data import check_trainer_datasets
+from ..dataset_checks import check_trainer_datasets
 from ..filter.columns import rows_indexed_for_the_filter
 from ..registry import get_loss_spec, registered_loss_types, unknown_loss_type_error
 from . import dispatch
