@@ -9,11 +9,13 @@ import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from trl_robust import RobustDPOTrainer
+from trl_robust.registry import get_loss_spec, registered_loss_types
 
 from .conftest import first_batch, perturb_, train_args
 
-ROBUST = ["ropo", "sympo_sigmoid", "sympo_ramp"]
-ALL_ROBUST = [*ROBUST, "sympo_unhinged", "cdpo", "drdpo"]
+ALL_ROBUST = registered_loss_types()  # every loss type of the package, read from the registry
+# NaN must be reported whether or not a reward clip would bound the margin: one loss without the clip, one with it.
+ROBUST = [next(name for name in ALL_ROBUST if get_loss_spec(name).uses_reward_clip == clip) for clip in (False, True)]
 
 
 def load(path, dtype=torch.float32):
@@ -32,7 +34,7 @@ def test_a_training_step_at_margins_in_the_thousands_has_finite_loss_and_gradien
     # overflows there (exp(1000) = inf), and float16 tops out at 65504.
     policy, reference = load(tiny_model_path, dtype), load(tiny_model_path, dtype)
     perturb_(policy, seed=3, scale=1.0)
-    clip = 10.0 if loss_type == "sympo_unhinged" else None  # unhinged is refused without its clip; others go unclipped
+    clip = 10.0 if get_loss_spec(loss_type).requires_reward_clip else None  # (refused without it); others go unclipped
     args = train_args(tmp_path, loss_type=loss_type, beta=100.0, sympo_reward_clip=clip, label_smoothing=0.1)
     trainer = RobustDPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=preference_dataset)
 
@@ -243,7 +245,7 @@ def as_if_fp16(trainer):
     return trainer
 
 
-@pytest.mark.parametrize("loss_type", ["ropo", "sympo_sigmoid"])
+@pytest.mark.parametrize("loss_type", ROBUST)
 def test_under_fp16_steps_with_nan_margins_are_skipped_counted_and_logged(
     tiny_model_path, preference_dataset, tmp_path, loss_type
 ):
