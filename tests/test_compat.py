@@ -222,6 +222,7 @@ def dpo_problems() -> str:
     return message
 
 
+@pytest.mark.parity  # on every TRL minor release in the range: the probes hold on each
 def test_the_installed_trl_passes_every_probe(fresh_probe):
     compat.check_integration()
     compat.check_reward_integration()
@@ -339,6 +340,7 @@ class LigerThroughTheLoop:  # TRL 1.14: Liger's chunked log-probs, then the loss
         return self._compute_loss(model, inputs, return_outputs)
 
 
+@pytest.mark.parity  # on every TRL minor release in the range: the probes hold on each
 def test_the_liger_probe_agrees_with_trls_history_on_the_installed_trl(fresh_probe):
     # TRL 0.29-1.13 compute the DPO loss in a separate Liger path; 1.14 and later in the loss loop.
     assert compat.liger_bypasses_loss_loop() == (Version(trl.__version__) < Version("1.14"))
