@@ -112,7 +112,7 @@ names = trl_robust.available_loss_types()
 spec = trl_robust.get_loss_spec({LOSS!r})
 again = registry.registered_loss_types()
 print(json.dumps({{"seen_at_import": seen_at_import, "names": names, "again": again, "module": spec.fn.__module__,
-                   "defaults": registry.hyperparameter_defaults()}}))
+                   "defaults": registry.hyperparameter_defaults(), "reward": trl_robust.reward_loss_types()}}))
 """
     result = run_python(code, plugin_env(tmp_path, site, log), tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -121,6 +121,7 @@ print(json.dumps({{"seen_at_import": seen_at_import, "names": names, "again": ag
     assert LOSS in out["names"] and LOSS in out["again"]
     assert out["names"][-1] == LOSS  # after TRL's built-ins and the package's own losses
     assert out["module"] == "trl_robust_example_plugin"
+    assert out["reward"][-1] == LOSS  # a per-pair loss: reward models take it too
     assert out["defaults"]["example_tanh_scale"] == SCALE
     assert [event for event, _ in log_lines(log)] == ["registered"]  # once per process, however often resolved
 
