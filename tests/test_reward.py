@@ -132,6 +132,10 @@ def sigmoid(x):
     return 1.0 / (1.0 + math.exp(-x))
 
 
+def softplus(x):  # (test_reward_filter.py uses it too)
+    return math.log1p(math.exp(x))
+
+
 def mean(values):
     return sum(values) / len(values)
 
