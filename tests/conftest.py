@@ -151,17 +151,38 @@ def independent_logps(model, batch):
 
 
 # What starts another process (the real command, `accelerate launch`, a fresh interpreter, a benchmark script).
-# Tests doing so are marked `slow`: `make test-fast` leaves them out for a quick loop; `make test` runs everything.
+# Tests doing so are marked `slow`: `make test-fast` and CI's oldest-TRL run leave them out; `make test` runs everything.
+# A test is marked when one of these is in its source, in a function of the tests it calls (`train(...)` in
+# test_fsdp.py), or in a fixture it uses (`cli_run`), followed to any depth.
 _STARTS_PROCESSES = ("subprocess.", "run_command(", "run_python(", "cli_main(", "run_two_ranks(", "run_benchmark(")
 
 
-def pytest_collection_modifyitems(config, items):
+def _starts_a_process(function, seen) -> bool:
     import inspect
+    import re
 
+    function = inspect.unwrap(function)
+    if function in seen or not inspect.isfunction(function):
+        return False
+    seen.add(function)
+    try:
+        if not Path(inspect.getsourcefile(function)).resolve().is_relative_to(Path(__file__).resolve().parent):
+            return False  # only the tests' own code: the library's launchers are named in _STARTS_PROCESSES
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        return False
+    if any(token in source for token in _STARTS_PROCESSES):
+        return True
+    called = (function.__globals__.get(name) for name in set(re.findall(r"\b(\w+)\(", source)))
+    return any(_starts_a_process(helper, seen) for helper in called if helper is not None)
+
+
+def pytest_collection_modifyitems(config, items):
     for item in items:
-        function = getattr(item, "function", None)
-        source = inspect.getsource(function) if function is not None else ""
-        if any(token in source for token in _STARTS_PROCESSES) or "cli_run" in getattr(item, "fixturenames", ()):
+        seen = set()
+        fixtures = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        functions = [getattr(item, "function", None)] + [d.func for defs in fixtures.values() for d in defs]
+        if any(_starts_a_process(function, seen) for function in functions if function is not None):
             item.add_marker(pytest.mark.slow)
 
 
