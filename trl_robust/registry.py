@@ -28,6 +28,9 @@ A separately installed package registers its losses through the entry-point grou
 Each entry point's object is imported, and called if it is callable, the first time a loss type is resolved in a
 process (`get_loss_spec`, `registered_loss_types`, `available_loss_types`, ...; never at `import trl_robust`). A
 plugin that fails to load raises `LossPluginError` naming it, every time a loss type is resolved: never a silent skip.
+
+(Its length, about 400 lines, is the registration code plus the package's own registrations with their papers'
+BibTeX, which the model cards cite: one place for everything a loss type is.)
 """
 
 import difflib
