@@ -37,11 +37,13 @@ def plugin(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("plugin")
     source = shutil.copytree(PLUGIN_SOURCE, tmp / "source")  # pip's build leaves files beside the sources
     site = tmp / "site"
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-build-isolation",
-         "--target", str(site), str(source)],
-        capture_output=True, text=True, timeout=300,
-    )
+    install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(source)]
+    # Offline with the environment's own setuptools (the dev extra's tensorboard brings one that builds wheels itself);
+    # where that cannot build (an older setuptools without `wheel`), pip's isolated build, which fetches setuptools.
+    result = subprocess.run([*install, "--no-index", "--no-build-isolation"], capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        shutil.rmtree(site, ignore_errors=True)
+        result = subprocess.run(install, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     # What importlib.metadata sees there is what trl-robust will see in the subprocesses: the dist-info and its entry
     # point (and nothing of the kind on this process's own path).
