@@ -1,49 +1,56 @@
 # Local set-up and tests on a CPU machine, offline. `make test` is the one command a new user (and CI) runs.
-#   make test          virtualenv .venv with the newest supported TRL, then the test suite
-#   make test-oldest   the same suite against the oldest supported TRL (.venv-trl-oldest)
+#   make test          virtualenv .venv with the newest supported TRL, then the whole test suite
 #   make test-fast     the tests that start no other process (a quick loop while developing; `make test` runs all)
-#   make test-trl-minors  the parity tests against every TRL minor release in the supported range (in .venv-trl-oldest)
+#   make test-oldest   the fast suite against the oldest supported TRL (.venv-trl-oldest)
+#   make test-trl-minors  the parity tests against every TRL minor release in the supported range but the two that
+#                      `make test` and `make test-oldest` run (swapped into both virtualenvs, two at a time)
 #   make demo          the main job: DPO vs the robust losses on the built-in task with 40% flipped labels
 #   make tiny          train the built-in tiny model on built-in data through `trl-robust dpo` (no downloads)
-# The CPU build of torch is pinned: an unpinned torch pulls a multi-GB CUDA build. On a GPU machine install
-# the package with your usual torch instead (`pip install trl-robust[peft]`).
+# The CPU build of torch is pinned and installed by pip, which finds it on these machines' disk; uv (installed into
+# the virtualenv by pip) installs the rest, keeping that torch: an unpinned torch pulls a multi-GB CUDA build. On a
+# GPU machine install the package with your usual torch instead (`pip install trl-robust[peft]`).
+# Tests run on both cores through pytest-xdist: JOBS=0 runs them in one process (e.g. for `--pdb`).
 
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 OLDEST_TRL ?= 0.29.0
 PYTEST_ARGS ?=
+JOBS ?= 2
+PYTEST := -m pytest -n $(JOBS)
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: test test-fast test-oldest test-trl-minors demo tiny clean
 
-.venv/installed: pyproject.toml
-	$(PYTHON) -m venv .venv
-	.venv/bin/pip install --quiet --upgrade pip
-	.venv/bin/pip install --quiet torch==$(TORCH_VERSION)
-	.venv/bin/pip install --quiet -e ".[dev]"
-	touch $@
+# $(call venv,DIR,EXTRA REQUIREMENTS): pip puts in the pinned torch (and uv), no bytecode compiled; uv the rest, with
+# the same torch pin so that it fails rather than replace it. Redone when pyproject.toml or this file changes.
+define venv
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/pip install --quiet --no-compile torch==$(TORCH_VERSION) uv
+	$(1)/bin/uv pip install --quiet --python $(1)/bin/python -e ".[dev]" pytest-xdist torch==$(TORCH_VERSION) $(2)
+	$(1)/bin/python -c "import torch; assert torch.__version__.split('+')[0] == '$(TORCH_VERSION)', torch.__version__"
+	touch $(1)/installed
+endef
 
-.venv-trl-oldest/installed: pyproject.toml
-	$(PYTHON) -m venv .venv-trl-oldest
-	.venv-trl-oldest/bin/pip install --quiet --upgrade pip
-	.venv-trl-oldest/bin/pip install --quiet torch==$(TORCH_VERSION)
-	# requests: trl 0.29's own CLI imports it (for `trl sft` passthrough tests) without declaring it
-	.venv-trl-oldest/bin/pip install --quiet -e ".[dev]" trl==$(OLDEST_TRL) requests
-	touch $@
+.venv/installed: pyproject.toml Makefile
+	$(call venv,.venv)
+
+# requests: trl 0.29's own CLI imports it (for `trl sft` passthrough tests) without declaring it
+.venv-trl-oldest/installed: pyproject.toml Makefile
+	$(call venv,.venv-trl-oldest,trl==$(OLDEST_TRL) requests)
 
 test: .venv/installed
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	.venv/bin/python $(PYTEST) $(PYTEST_ARGS)
 
 test-fast: .venv/installed
-	.venv/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	.venv/bin/python $(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 test-oldest: .venv-trl-oldest/installed
-	.venv-trl-oldest/bin/python -m pytest $(PYTEST_ARGS)
+	.venv-trl-oldest/bin/python $(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
-test-trl-minors: .venv-trl-oldest/installed
-	.ci/trl_minor_parity .venv-trl-oldest
+test-trl-minors: .venv/installed .venv-trl-oldest/installed
+	.ci/trl_minor_parity .venv-trl-oldest,.venv $$(.venv/bin/python -c "import trl; print(trl.__version__)") $(OLDEST_TRL)
 
 demo: .venv/installed
 	.venv/bin/trl-robust demo
