@@ -46,7 +46,7 @@ def audit_job(job: Job, root) -> dict:
     import torch
 
     from trl_robust.audit import audit_preferences
-    from trl_robust.filtering import n_suspected
+    from trl_robust.filter.rules import n_suspected
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))  # runs alone, between the two grids
     result = audit_preferences(

@@ -50,7 +50,7 @@ METHODS = {
     ),
     # Trained on what the audit of the final ROPO policy kept: the training split without its most suspicious pairs.
     "Audit-clean-retrain (DPO)": ("sigmoid", False, {}),
-    # The one flag with no ratio to guess: ρ from the flip rate estimated each epoch (`trl_robust.noise.auto`).
+    # The one flag with no ratio to guess: ρ from the flip rate estimated each epoch (`trl_robust.filter.auto`).
     "ROPO auto": ("ropo", False, {"ropo_filter_ratio": "auto"}),
     # Sensitivity of the auto mode to its choices: what it does with the suspects, and a longer warm-up.
     "ROPO auto (correct)": ("ropo", False, {"ropo_filter_ratio": "auto", "ropo_filter_mode": "correct"}),
