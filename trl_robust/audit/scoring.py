@@ -180,7 +180,7 @@ def audit_preferences(
             column is `bradley_terry_loss` (−log σ(z)) instead of `dpo_loss`; each pair also gets `reward_chosen` and
             `reward_rejected`.
         dataset: a preference `datasets.Dataset` (prompt/chosen/rejected, standard or conversational, or implicit
-            prompt), checked with `trl_robust.data.check_preference_dataset` before any model is loaded.
+            prompt), checked with `trl_robust.dataset_checks.check_preference_dataset` before any model is loaded.
         ref_model: the reference the policy was trained against (path or loaded model). Required for a full model;
             for a PEFT adapter, omitted means its base model (the adapter disabled).
         beta: β of z = β·Δ; use the β the policy was trained with. None = 0.1 (TRL's default). Refused for a reward
