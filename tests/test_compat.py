@@ -440,7 +440,7 @@ def test_an_accelerate_whose_launch_check_changed_is_named_instead_of_a_usage_er
     import accelerate
     import accelerate.commands.launch
 
-    from trl_robust.cli.arguments import check_launch
+    from trl_robust.cli.launcher import check_launch
     from trl_robust.compat import IncompatibleAccelerateError
 
     if fake is None:

@@ -72,7 +72,8 @@ def training_command(argv: list[str], command: str, prog: str | None = None) -> 
     `accelerate launch`."""
     from accelerate.commands.launch import launch_command, launch_command_parser
 
-    from .arguments import UsageError, check_launch, parse_command_args
+    from .arguments import UsageError, parse_command_args
+    from .launcher import check_launch
     from ..builtin import materialise_builtins
 
     prog = prog or f"trl-robust {command}"

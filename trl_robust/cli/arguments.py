@@ -19,26 +19,20 @@ training process we check here, before any model is loaded:
   or the words true/yes/on on the command line, which TRL's parser leaves a string) becomes the latest complete one.
 """
 
-import argparse
-import copy
-import difflib
-import logging
 import os
-import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
-import yaml
-from accelerate.commands.launch import launch_command_parser
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
 
+from .. import builtin
 from ..config import RobustDPOConfig
 from ..data import FLIP_MODES
-from ..paths import listing_if_not_empty, looks_like_local_path
+from ..paths import looks_like_local_path
 from ..registry import available_loss_types, registered_loss_types
 from ..reward.config import RobustRewardConfig, reward_loss_types
-from .. import builtin
+from . import checkpoints, config_file, launcher
+from .usage import UsageError, dataclass_keys, field_of, suggestion
 
 
 @dataclass
@@ -98,23 +92,6 @@ def dataclass_types(command: str = "dpo") -> tuple:
 DATACLASS_TYPES = dataclass_types("dpo")
 
 
-def _field_of(parser) -> str:
-    return "a field of " + ", ".join(t.__name__ for t in parser.dataclass_types)
-# Handled by TRL's launcher (trl/cli/accelerate_config.py): a shipped accelerate config by name, or a file.
-ACCELERATE_CONFIG_OPTION = "--accelerate_config"
-_SCRIPT_PLACEHOLDER = "<training-script>"
-# The words YAML reads as booleans; on the command line TRL's parser leaves them strings where a field is not a bool.
-_TRUE_WORDS, _FALSE_WORDS = {"true", "yes", "on"}, {"false", "no", "off"}
-# transformers' `Trainer._save_checkpoint` writes this file last (after the weights, optimizer, scheduler and RNG
-# states), and `train()` reads it to resume: a `checkpoint-N/` without it was cut short while saving.
-TRAINER_STATE = "trainer_state.json"
-_CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")  # transformers' `get_last_checkpoint` rule
-
-
-class UsageError(ValueError):
-    """Bad command-line or YAML input, detected before any model is loaded."""
-
-
 @dataclass
 class DPOArguments:
     """The parsed dataclasses, plus how to launch the training process (of `trl-robust dpo`, and of `trl-robust reward`
@@ -143,7 +120,7 @@ class _DPOParser(TrlParser):
     command = "dpo"
 
     def format_help(self) -> str:
-        return super().format_help() + _launcher_help(self)
+        return super().format_help() + launcher.help_text(self)
 
 
 def make_parser(prog: str = "trl-robust dpo", command: str = "dpo") -> TrlParser:
@@ -194,17 +171,18 @@ def parse_command_args(argv: list[str], command: str, prog: str, check_output_di
     for the ranks of a distributed run, which would see the directory another rank has begun to write.
     `resume_from_checkpoint` comes back as a complete checkpoint's path or None (`true` resolved, `false` dropped).
     """
-    argv = _split_config_assignment(list(argv))
+    argv = config_file.split_assignment(list(argv))
     parser = make_parser(prog, command)
-    config_path = _config_path(argv)
-    config = _read_config_file(config_path) if config_path is not None else {}
-    launcher = _launcher_options()
-    _check_config_keys(config, parser, launcher, config_path)
+    config_path = config_file.path_given(argv)
+    config = config_file.read(config_path) if config_path is not None else {}
+    launch_options = launcher.options()
+    _check_config_keys(config, parser, launch_options, config_path)
 
-    command_line = _without_config_flag(argv)
+    command_line = config_file.without_flag(argv)
     _, cli_launch_args = parser.parse_known_args(command_line)  # what the dataclasses do not take (handles --help)
-    cli_launch = _on_off_flags(cli_launch_args, launcher)
-    launch_args = _check_launch_args(_config_launch_args(config, parser, launcher) + cli_launch, parser, launcher)
+    cli_launch = launcher.on_off_flags(cli_launch_args, launch_options)
+    config_launch = launcher.config_args(config, parser, launch_options)
+    launch_args = launcher.check_args(config_launch + cli_launch, parser, launch_options)
 
     try:
         *dataclasses, _ = parser.parse_args_and_config(argv, return_remaining_strings=True)
@@ -212,12 +190,12 @@ def parse_command_args(argv: list[str], command: str, prog: str, check_output_di
         raise UsageError(str(error)) from error
     script_args, training_args, model_args, dataset_args, noise_args, *output_args = dataclasses
     _check_sources(script_args, model_args, dataset_args)
-    _check_output_dir_is_a_directory(Path(training_args.output_dir))
-    resume_from_latest = _resumes_from_latest(training_args.resume_from_checkpoint)
-    notices = _resolve_resume(training_args)
+    checkpoints.check_output_dir_is_a_directory(Path(training_args.output_dir))
+    resume_from_latest = checkpoints.resumes_from_latest(training_args.resume_from_checkpoint)
+    notices = checkpoints.resolve_resume(training_args)
     if check_output_dir:
         overwrite = (output_args[0] if output_args else training_args).overwrite_output_dir
-        _check_output_dir(training_args, overwrite)
+        checkpoints.check_output_dir(training_args, overwrite)
     script_argv = _remove_subsequence(argv, cli_launch_args)
     if resume_from_latest:  # every training process resumes from the checkpoint chosen here (the last flag wins)
         script_argv += ["--resume_from_checkpoint", training_args.resume_from_checkpoint]
@@ -233,195 +211,22 @@ def parse_command_args(argv: list[str], command: str, prog: str, check_output_di
     )
 
 
-# --- the YAML file ------------------------------------------------------------------------------------------------
+# --- the YAML file's keys ------------------------------------------------------------------------------------------
 
 
-def _split_config_assignment(argv: list[str]) -> list[str]:
-    """`--config=FILE` -> `--config FILE`: TRL's parser only recognises the two-token form."""
-    result = []
-    for token in argv:
-        result.extend(token.split("=", 1) if token.startswith("--config=") else [token])
-    return result
-
-
-def _config_path(argv: list[str]) -> str | None:
-    if "--config" not in argv:
-        return None
-    index = argv.index("--config")
-    if index + 1 >= len(argv) or argv[index + 1].startswith("--"):
-        raise UsageError("`--config` needs the path of a YAML file, e.g. `--config recipes/ropo.yaml`.")
-    return argv[index + 1]
-
-
-def _without_config_flag(argv: list[str]) -> list[str]:
-    if "--config" not in argv:
-        return argv
-    index = argv.index("--config")
-    return argv[:index] + argv[index + 2 :]
-
-
-def _read_config_file(path: str) -> dict:
-    if not Path(path).is_file():
-        raise UsageError(f"Config file {path!r} does not exist (or is not a file).")
-    try:
-        with open(path) as file:
-            config = yaml.load(file, Loader=_UniqueKeyLoader)
-    except _DuplicateKey as duplicate:
-        raise UsageError(
-            f"Config file {path!r}: key {duplicate.key!r} is set twice, on lines {duplicate.lines[0]} and "
-            f"{duplicate.lines[1]} (YAML would silently keep the second value); remove one of them."
-        ) from None
-    except yaml.YAMLError as error:
-        raise UsageError(f"Config file {path!r} is not valid YAML:\n{error}") from error
-    if not isinstance(config, dict):
-        raise UsageError(
-            f"Config file {path!r} must hold a YAML mapping of argument names to values (`learning_rate: 5.0e-7`), "
-            f"not {type(config).__name__}."
-        )
-    return config
-
-
-class _DuplicateKey(Exception):
-    def __init__(self, key, lines: tuple[int, int]):
-        super().__init__(key, lines)
-        self.key, self.lines = key, lines
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """`yaml.safe_load`, refusing a mapping that sets a key twice: YAML keeps the last value, so a recipe with `beta`
-    twice trains with the second one without a word. (Keys merged in with `<<:` may still be overridden.)"""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            first_line = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
-                    continue
-                key, line = self.construct_object(key_node), key_node.start_mark.line + 1
-                if key in first_line:
-                    raise _DuplicateKey(key, (first_line[key], line))
-                first_line[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def _check_config_keys(config: dict, parser: TrlParser, launcher: dict, path: str | None) -> None:
-    dataclass_keys = _dataclass_keys(parser)
-    launcher_keys = {option[2:] for option in launcher if option.startswith("--")}
-    valid = dataclass_keys | launcher_keys | {ACCELERATE_CONFIG_OPTION[2:], "env"}  # `env`: TRL sets these variables
+def _check_config_keys(config: dict, parser: TrlParser, launch_options: dict, path: str | None) -> None:
+    fields = dataclass_keys(parser)
+    launcher_keys = {option[2:] for option in launch_options if option.startswith("--")}
+    # `env`: environment variables, which TRL sets in the training processes
+    valid = fields | launcher_keys | {launcher.ACCELERATE_CONFIG_OPTION[2:], "env"}
     unknown = [key for key in config if key not in valid]
     if unknown:
         canonical = sorted(key for key in valid if "-" not in key)  # suggest the underscore spelling
-        problems = "; ".join(f"unknown key {key!r}{_suggestion(str(key), canonical)}" for key in unknown)
+        problems = "; ".join(f"unknown key {key!r}{suggestion(str(key), canonical)}" for key in unknown)
         raise UsageError(
-            f"{path}: {problems}. A key must be {_field_of(parser)}, an `accelerate launch` option, `accelerate_config` "
+            f"{path}: {problems}. A key must be {field_of(parser)}, an `accelerate launch` option, `accelerate_config` "
             f"or `env`; `trl-robust {parser.command} --help` lists the fields."
         )
-
-
-# --- what goes to `accelerate launch` -------------------------------------------------------------------------------
-
-
-def _launcher_options() -> dict:
-    """`accelerate launch` option string -> argparse action, without those that would stop it running our module."""
-    excluded = {"-h", "--help", "-m", "--module", "--no_python", "--no-python"}
-    return {
-        option: action
-        for action in launch_command_parser()._actions
-        for option in action.option_strings
-        if option not in excluded
-    }
-
-
-def _config_launch_args(config: dict, parser: TrlParser, launcher: dict) -> list[str]:
-    """The YAML keys no dataclass takes, as launcher flags. TRL writes each as `--key value`; for accelerate's on/off
-    flags (`multi_gpu: true`) that makes `True` the training script, so those become a bare `--multi_gpu`, or nothing.
-    """
-    dataclass_keys = _dataclass_keys(parser)  # `gradient_accumulation_steps` is in both: the dataclass's, as in TRL
-    args = []
-    for key, value in config.items():
-        option = f"--{key}"
-        if key in dataclass_keys or key == "env":  # `env:` is TRL's (environment variables), not accelerate's --env
-            continue
-        if option == ACCELERATE_CONFIG_OPTION:
-            args += [option, str(value)]
-        elif option in launcher:
-            if launcher[option].nargs == 0:
-                args += [option] if _on_off_value(option, value) else []
-            else:
-                args += [option, str(value)]
-    return args
-
-
-def _on_off_flags(launch_args: list[str], launcher: dict) -> list[str]:
-    """accelerate's on/off flags take no value (`--multi_gpu`), so `--multi_gpu true` made `true` the training
-    script. Accept `--multi_gpu`, `--multi_gpu true|false` and `--multi_gpu=true|false`, like the dataclasses' own
-    booleans: a true value leaves the bare flag, a false one drops it."""
-    result, index = [], 0
-    while index < len(launch_args):
-        name, equals, value = launch_args[index].partition("=")
-        index += 1
-        action = launcher.get(name)
-        if action is None or action.nargs != 0:
-            result.append(launch_args[index - 1])
-            continue
-        if not equals and index < len(launch_args) and _bool_word(launch_args[index]) is not None:
-            value, equals = launch_args[index], "="  # the value is consumed with its flag
-            index += 1
-        result += [name] if not equals or _on_off_value(name, value) else []
-    return result
-
-
-def _on_off_value(option: str, value) -> bool:
-    flag = bool(value) if isinstance(value, int) and value in (0, 1) else _bool_word(value)
-    if flag is None:
-        raise UsageError(f"`{option}` is on or off: write `{option}` alone, or `{option} true|false`; got {value!r}.")
-    return flag
-
-
-def _check_launch_args(launch_args: list[str], parser: TrlParser, launcher: dict) -> list[str]:
-    """Validate launcher arguments with accelerate's own parser; return them with `--accelerate_config` resolved."""
-    resolved = _resolve_accelerate_config(launch_args)
-    accelerate_parser = launch_command_parser()
-    accelerate_parser.exit_on_error = False  # raise, so the message comes out as ours, not after accelerate's usage
-    try:
-        # The placeholder stands where the training module goes; a stray value before it would take its place.
-        namespace, unknown = accelerate_parser.parse_known_args([*resolved, _SCRIPT_PLACEHOLDER])
-    except Exception as error:  # argparse.ArgumentError: e.g. `--num_processes two`
-        raise UsageError(f"accelerate launch: {error}") from error
-    if unknown:
-        options = sorted({o for a in parser._actions for o in a.option_strings} | set(launcher))
-        names = [token.split("=", 1)[0] for token in unknown if token.startswith("-")] or unknown
-        problems = "; ".join(f"unknown argument {name!r}{_suggestion(name, options)}" for name in names)
-        raise UsageError(
-            f"{problems}. An argument must be {_field_of(parser)} or an `accelerate launch` option; "
-            f"`trl-robust {parser.command} --help` lists the fields."
-        )
-    if namespace.training_script != _SCRIPT_PLACEHOLDER:
-        stray = namespace.training_script
-        hint = f" Did you mean `--config {stray}`?" if stray.endswith((".yaml", ".yml")) else ""
-        raise UsageError(f"unexpected argument {stray!r}: every value needs its `--name` before it.{hint}")
-    return resolved
-
-
-def _resolve_accelerate_config(launch_args: list[str]) -> list[str]:
-    """`--accelerate_config NAME|FILE` -> accelerate's `--config_file PATH`, NAME being a config TRL ships (zero2,
-    fsdp2, ...). TRL's own rule (`resolve_accelerate_config_argument`), restated because importing that module runs
-    `trl.cli`'s __init__, which in trl 0.29 imports every TRL trainer (GRPO's needs packages DPO does not)."""
-    if ACCELERATE_CONFIG_OPTION not in launch_args:
-        return launch_args
-    index = launch_args.index(ACCELERATE_CONFIG_OPTION)
-    if index + 1 >= len(launch_args):
-        raise UsageError("`accelerate_config` needs a value: a file, or one of TRL's configs such as 'zero2'.")
-    value = launch_args[index + 1]
-    path = Path(value) if Path(value).is_file() else resources.files("trl.accelerate_configs") / f"{value}.yaml"
-    if not path.is_file():
-        configs = resources.files("trl.accelerate_configs").iterdir()
-        shipped = sorted(c.name.removesuffix(".yaml") for c in configs if c.name.endswith(".yaml"))
-        raise UsageError(
-            f"`accelerate_config` {value!r} is neither a file nor a config shipped with TRL"
-            f"{_suggestion(value, shipped)}; TRL ships: {', '.join(shipped)}."
-        )
-    return ["--config_file", str(path), *launch_args[:index], *launch_args[index + 2 :]]
 
 
 # --- model and dataset ----------------------------------------------------------------------------------------------
@@ -451,211 +256,6 @@ def _check_source(field: str, value: str, builtin_names: tuple[str, ...]) -> Non
             raise UsageError(f"`{field}`: unknown built-in name {value!r}; available here: {available}.")
     elif looks_like_local_path(value) and not Path(value).expanduser().exists():
         raise UsageError(f"`{field}`: {value!r} is a local path that does not exist (in {os.getcwd()}).")
-
-
-def _check_output_dir_is_a_directory(output_dir: Path) -> None:
-    """transformers would fail on a file only when it first saves, after the model, data and training."""
-    existing = next((path for path in (output_dir, *output_dir.parents) if path.exists()), None)
-    if existing is not None and not existing.is_dir():
-        where = "is a file, not a directory" if existing == output_dir else f"lies under {str(existing)!r}, a file"
-        raise UsageError(f"`output_dir` {str(output_dir)!r} {where}; choose another `--output_dir`.")
-
-
-def _check_output_dir(training_args, overwrite: bool) -> None:
-    """Refuse to train into a directory that holds files, unless resuming or told to overwrite: a new run would
-    replace the model, checkpoints and model card of the last one."""
-    output_dir = Path(training_args.output_dir)
-    if overwrite or training_args.resume_from_checkpoint:
-        return
-    shown = listing_if_not_empty(output_dir)
-    if shown is None:
-        return
-    complete, incomplete = _checkpoints(output_dir)
-    resume = f"`--resume_from_checkpoint {complete[-1]}` (or `true`) to continue that run, " if complete else ""
-    raise UsageError(
-        f"`output_dir` {str(output_dir)!r} already exists and is not empty ({shown}); training would overwrite it. "
-        f"Pass {resume}`--overwrite_output_dir true` to write over it, or choose another `--output_dir`."
-        + (f" Never resumed from, being incomplete: {_incomplete_text(incomplete)}." if incomplete else "")
-    )
-
-
-# --- resuming -------------------------------------------------------------------------------------------------------
-
-
-def _resumes_from_latest(value) -> bool:
-    return value is True or _bool_word(value) is True
-
-
-def _resolve_resume(training_args) -> list[str]:
-    """Set `resume_from_checkpoint` to a complete checkpoint's path, or None, before any model is loaded; transformers
-    would fail after loading the model and data (on `true` from the command line, a missing path, or a checkpoint
-    cut short while saving, which its `get_last_checkpoint` still picks). Returns what to tell the user."""
-    value, output_dir = training_args.resume_from_checkpoint, Path(training_args.output_dir)
-    if value is None or value is False or _bool_word(value) is False:
-        training_args.resume_from_checkpoint = None
-        return []
-    if not _resumes_from_latest(value):
-        _check_checkpoint(Path(value), output_dir)
-        return []
-    complete, incomplete = _checkpoints(output_dir)
-    if not complete:
-        found = f"only incomplete ones: {_incomplete_text(incomplete)}." if incomplete else "no `checkpoint-N/`."
-        raise UsageError(
-            f"`resume_from_checkpoint true` continues from the latest complete checkpoint in `output_dir` "
-            f"{str(output_dir)!r}, which holds {found} Set `--output_dir` to the run to continue, pass "
-            "`--resume_from_checkpoint PATH`, or leave `resume_from_checkpoint` out to start a new run "
-            "(with `--overwrite_output_dir true` if `output_dir` holds files)."
-        )
-    training_args.resume_from_checkpoint = str(complete[-1])
-    skipped = [path for path in incomplete if _step(path) > _step(complete[-1])]
-    notice = f"resuming from {complete[-1]}, the latest complete checkpoint"
-    return [notice + (f"; skipped the incomplete {_incomplete_text(skipped)}." if skipped else ".")]
-
-
-def _check_checkpoint(path: Path, output_dir: Path) -> None:
-    alternatives = _checkpoints(path.parent)[0] or _checkpoints(output_dir)[0]
-    instead = (
-        f" Complete checkpoints: {', '.join(str(p) for p in alternatives[-3:])} (or pass `true` for the latest)."
-        if alternatives
-        else ""
-    )
-    prefix = f"`resume_from_checkpoint` {str(path)!r}"
-    if not path.exists():
-        raise UsageError(f"{prefix} does not exist (in {os.getcwd()}).{instead}")
-    if not path.is_dir():
-        raise UsageError(f"{prefix} is a file, not a checkpoint directory (`checkpoint-N/`).{instead}")
-    if (path / TRAINER_STATE).is_file():
-        return
-    inside = _checkpoints(path)[0]
-    if inside:  # the run's output directory instead of one of its checkpoints
-        raise UsageError(
-            f"{prefix} is a training output directory, not a checkpoint: pass `--resume_from_checkpoint "
-            f"{inside[-1]}`, or `--output_dir {path} --resume_from_checkpoint true` for its latest complete one."
-        )
-    raise UsageError(
-        f"{prefix} is not a complete checkpoint: it has no {TRAINER_STATE}, which transformers writes last, so the "
-        f"run was stopped while saving it.{instead}"
-    )
-
-
-def _checkpoints(directory: Path) -> tuple[list[Path], list[Path]]:
-    """The `checkpoint-N` directories of `directory` by step: (complete ones, incomplete ones)."""
-    if not directory.is_dir():
-        return [], []
-    found = sorted(
-        (path for path in directory.iterdir() if _CHECKPOINT_NAME.fullmatch(path.name) and path.is_dir()), key=_step
-    )
-    return [p for p in found if (p / TRAINER_STATE).is_file()], [p for p in found if not (p / TRAINER_STATE).is_file()]
-
-
-def _step(checkpoint: Path) -> int:
-    return int(_CHECKPOINT_NAME.fullmatch(checkpoint.name).group(1))
-
-
-def _incomplete_text(incomplete: list[Path]) -> str:
-    names = ", ".join(str(path) for path in incomplete)
-    return f"{names} (no {TRAINER_STATE}, which transformers writes last: the run was stopped while saving)"
-
-
-# --- how many processes `accelerate launch` will start ---------------------------------------------------------------
-
-
-def check_launch(launch: argparse.Namespace) -> list[str]:
-    """Run accelerate's own checks of `launch` (accelerate's launch namespace) before anything starts, and say where
-    it would start fewer processes than asked for: `--num_processes 2` alone, on a machine without GPUs (or with
-    `--cpu`), starts ONE process. Returns what to tell the user; raises `UsageError` where accelerate would refuse."""
-    from ..compat import accelerate_launch_validator
-
-    # accelerate's private `_validate_launch_command`, probed: a clear error naming accelerate's version if it changed
-    _validate_launch_command = accelerate_launch_validator()
-    validated = copy.deepcopy(launch)
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)  # accelerate logs its defaults; the real launch will log them once
-    try:
-        validated, defaults, _ = _validate_launch_command(validated)
-    except ValueError as error:  # e.g. "You need to use at least 2 processes to use `--multi_gpu`."
-        raise UsageError(f"accelerate launch: {error}") from error
-    finally:
-        logging.disable(previous)
-    # `--multi_gpu` wins over the config file's distributed type: with an FSDP or DeepSpeed config accelerate would
-    # silently train plain DDP, every rank holding the whole model.
-    configured = str(getattr(defaults, "distributed_type", "") or "")
-    sharded = ("FSDP", "DEEPSPEED", "MEGATRON")
-    if launch.multi_gpu and any(kind in configured for kind in sharded) and not (validated.use_fsdp or validated.use_deepspeed):
-        raise UsageError(
-            f"`--multi_gpu` with an accelerate config for {configured.split('.')[-1]} would run plain DDP instead "
-            "(accelerate lets `--multi_gpu` override the config's distributed type). Remove `--multi_gpu` (YAML "
-            "`multi_gpu`): the config starts `num_processes` ranks itself, on CPUs too."
-        )
-    # accelerate's `launch_command` starts its "simple launcher", one process (without an MPI hostfile), unless one
-    # of these is set; a config for another compute environment (SageMaker) goes its own way.
-    several = ("multi_gpu", "use_deepspeed", "use_fsdp", "use_megatron_lm", "tpu")
-    distributed = any(getattr(validated, name, False) for name in several) and not validated.cpu
-    elsewhere = getattr(defaults, "compute_environment", "LOCAL_MACHINE") != "LOCAL_MACHINE"
-    asked = validated.num_processes  # from the command line, the YAML, or an accelerate config file
-    if asked is None or asked < 2 or distributed or elsewhere or getattr(validated, "mpirun_hostfile", None):
-        return []
-    return [
-        f"`num_processes {asked}`, but accelerate will start ONE process: without `--multi_gpu`, DeepSpeed or FSDP "
-        "(which it turns on by itself only where it sees 2 or more GPUs), or with `--cpu`, `accelerate launch` runs a "
-        f"single process. For {asked} CPU processes (torch.distributed with gloo), add `--multi_gpu` (YAML "
-        "`multi_gpu: true`) and `--use_cpu true`."
-    ]
-
-
-# --- help -----------------------------------------------------------------------------------------------------------
-
-
-def _launcher_help(parser: TrlParser) -> str:
-    """The `accelerate launch` options this command takes, in accelerate's groups, after the dataclasses' fields."""
-    taken = {option for action in parser._actions for option in action.option_strings}
-    accelerate_config = argparse.ArgumentParser(add_help=False).add_argument(
-        ACCELERATE_CONFIG_OPTION,
-        metavar="NAME|FILE",
-        help="A config TRL ships (zero1, zero2, zero3, fsdp1, fsdp2, multi_gpu, single_gpu) or a file: accelerate's "
-        "`--config_file`.",
-    )
-    formatter = parser._get_formatter()
-    formatter.add_text(
-        "accelerate launch options: flags or YAML keys, passed to `accelerate launch`, which starts the training "
-        "processes. On a machine without GPUs, `--num_processes N` needs `--multi_gpu` (and `--use_cpu true`) to "
-        "start N processes."
-    )
-    groups = [("accelerate launch: a config TRL ships, or a file", [accelerate_config])]
-    launcher = _launcher_options()
-    for group in launch_command_parser()._action_groups:
-        shown = [
-            action
-            for action in group._group_actions
-            if action.option_strings
-            and all(option in launcher and option not in taken for option in action.option_strings)
-        ]
-        title = "general" if group.title in ("options", "optional arguments") else group.title
-        groups += [(f"accelerate launch: {title}", shown)] if shown else []
-    for title, actions in groups:
-        formatter.start_section(title)
-        formatter.add_arguments(actions)
-        formatter.end_section()
-    return "\n" + formatter.format_help()
-
-
-# --- helpers --------------------------------------------------------------------------------------------------------
-
-
-def _dataclass_keys(parser: TrlParser) -> set[str]:
-    """The YAML keys TRL's parser consumes (it matches keys against argparse destinations)."""
-    return {action.dest for action in parser._actions} - {"help"}
-
-
-def _bool_word(value) -> bool | None:
-    """True or False for the words YAML reads as booleans (any case), None for anything else."""
-    word = value.strip().lower() if isinstance(value, str) else None
-    return True if word in _TRUE_WORDS else False if word in _FALSE_WORDS else None
-
-
-def _suggestion(name: str, candidates) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _remove_subsequence(tokens: list[str], subsequence: list[str]) -> list[str]:

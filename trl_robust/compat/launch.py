@@ -3,7 +3,7 @@
 - TRL's scripts (`trl/scripts/dpo.py`, `reward.py`): `main(script_args, training_args, model_args, dataset_args)`
   building its trainer as `DPOTrainer` / `RewardTrainer`, looked up where `trl_robust.scripts.training` installs ours.
 - accelerate's private `_validate_launch_command(args) -> (args, defaults, mp_from_config_flag)`, which
-  `trl-robust dpo|reward` runs before launching (`trl_robust.cli.arguments.check_launch`).
+  `trl-robust dpo|reward` runs before launching (`trl_robust.cli.launcher.check_launch`).
 """
 
 import ast
