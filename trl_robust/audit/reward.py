@@ -1,6 +1,6 @@
 """Scoring pairs with a reward model: its margin z = r(x, y_chosen) − r(x, y_rejected), through TRL's RewardTrainer.
 
-A reward model ranks a pair by its own margin; no reference, no β. As for a policy (`scoring`), nothing of TRL's code is
+A reward model ranks a pair by its own margin; no reference, no β. As for a policy (`policy`), nothing of TRL's code is
 copied: a private subclass of `RobustRewardTrainer` runs TRL's own evaluation (`trainer.evaluate()`: TRL's reward
 tokenisation — EOS appended, prompt prepended, chat template —, its collator, batching, device placement and
 distributed evaluation), and records, from the outputs TRL's `compute_loss` returns, each pair's chosen and rejected
