@@ -1,6 +1,6 @@
 """`ropo_filter_ratio: auto`: ρ from the flip rate estimated each epoch from the training steps' own margins.
 
-The policy (`trl_robust.noise.auto`) is checked against values set by hand; the trainer's use of it against margins
+The policy (`trl_robust.filter.auto`) is checked against values set by hand; the trainer's use of it against margins
 computed independently of it, through real training, a resume and two processes.
 """
 

@@ -3,6 +3,7 @@ and training never imports matplotlib."""
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,19 @@ print("trained")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0 and "trained" in result.stdout, result.stderr
+
+
+MAX_LINES = 400  # beyond this a module usually holds two concerns
+
+
+def test_a_module_over_400_lines_says_why_in_its_docstring():
+    """A long module is split, or its docstring says why it stays whole ("About 410 lines: ...", "Over 400 lines
+    on purpose: ...")."""
+    roots = [PACKAGE, PACKAGE.parent / "benchmarks"]
+    unexplained = []
+    for path in sorted(p for root in roots for p in root.rglob("*.py")):
+        n_lines = len(path.read_text().splitlines())
+        docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
+        if n_lines > MAX_LINES and not re.search(r"(?i)\b(about|over) \d{3} lines\b", docstring):
+            unexplained.append(f"{path.relative_to(PACKAGE.parent)} ({n_lines} lines)")
+    assert not unexplained, f"split these, or say in their docstrings why they stay whole: {unexplained}"
