@@ -28,7 +28,7 @@ export TOKENIZERS_PARALLELISM := false
 define venv
 	$(PYTHON) -m venv $(1)
 	$(1)/bin/pip install --quiet --no-compile torch==$(TORCH_VERSION) uv
-	$(1)/bin/uv pip install --quiet --python $(1)/bin/python -e ".[dev]" pytest-xdist torch==$(TORCH_VERSION) $(2)
+	$(1)/bin/uv pip install --quiet --python $(1)/bin/python -e ".[dev]" torch==$(TORCH_VERSION) $(2)
 	$(1)/bin/python -c "import torch; assert torch.__version__.split('+')[0] == '$(TORCH_VERSION)', torch.__version__"
 	touch $(1)/installed
 endef

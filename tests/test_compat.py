@@ -417,6 +417,26 @@ def test_a_trl_script_without_main_is_refused(fresh_probe, monkeypatch, tmp_path
         compat.check_trl_script("reward")
 
 
+def test_trl_robust_dpo_names_an_incompatible_trl_script_before_launching(fresh_probe, monkeypatch, tmp_path, capsys):
+    import accelerate.commands.launch
+
+    from trl_robust.cli import dpo_command
+    from trl_robust.compat import launch
+
+    (tmp_path / "dpo.py").write_text("def run(args):\n    pass\n")
+    monkeypatch.setattr(launch, "script_path", lambda command: tmp_path / f"{command}.py")
+    launched = []
+    monkeypatch.setattr(accelerate.commands.launch, "launch_command", launched.append)
+    output_dir = tmp_path / "out"
+    argv = ["--model_name_or_path", "builtin:tiny", "--dataset_name", "builtin:tiny", "--bf16", "false"]
+    argv += ["--output_dir", str(output_dir)]
+    assert dpo_command(argv) == 1
+    error = capsys.readouterr().err
+    assert "trl-robust dpo: error:" in error and "has no `main` function any more" in error
+    assert f"installed TRL {trl.__version__}" in error and "Traceback" not in error
+    assert launched == [] and not output_dir.exists()
+
+
 def validate_two(args):
     return args, None
 

@@ -72,13 +72,17 @@ def training_command(argv: list[str], command: str, prog: str | None = None) -> 
     `accelerate launch`."""
     from accelerate.commands.launch import launch_command, launch_command_parser
 
+    from ..builtin import materialise_builtins
+    from ..compat import IncompatibleAccelerateError, IncompatibleTRLError, check_trl_script
     from .arguments import UsageError, parse_command_args
     from .launcher import check_launch
-    from ..builtin import materialise_builtins
 
     prog = prog or f"trl-robust {command}"
     try:
         args = parse_command_args(argv, command, prog)
+        # The training processes probe TRL's script again; probed here too, an incompatible TRL is one clear message
+        # before any process starts rather than one traceback per process.
+        check_trl_script(command)
         # TRL's `launch_training_script` only starts scripts inside `trl/scripts`; this is its body, aimed at our
         # module. accelerate's own checks of it run first, so that they too come before anything is loaded.
         launch_argv = [*args.launch_args, "--module", TRAINING_MODULES[command], *args.script_argv]
@@ -87,6 +91,9 @@ def training_command(argv: list[str], command: str, prog: str | None = None) -> 
     except UsageError as error:
         print(f"{prog}: error: {error}\nRun `{prog} --help` to list every argument.", file=sys.stderr)
         return 2
+    except (IncompatibleTRLError, IncompatibleAccelerateError) as error:  # the installation, not the arguments
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 1
     for notice in notices:
         print(f"{prog}: note: {notice}", file=sys.stderr)
     # Build `builtin:` names here, outside any distributed run and on every machine of a multi-machine one; the
