@@ -20,6 +20,7 @@ from .integration.trainer import RobustDPOTrainer
 from .reward import RobustRewardConfig, RobustRewardTrainer, reward_loss_types
 from .registry import (
     Hyperparameter,
+    LossPluginError,
     LossSpec,
     Paper,
     available_loss_types,
@@ -40,6 +41,7 @@ __all__ = [
     "DPOTrainer",
     "Hyperparameter",
     "IncompatibleTRLError",
+    "LossPluginError",
     "LossSpec",
     "Paper",
     "RobustDPOConfig",
