@@ -6,9 +6,11 @@
 #                      `make test` and `make test-oldest` run (swapped into both virtualenvs, two at a time)
 #   make demo          the main job: DPO vs the robust losses on the built-in task with 40% flipped labels
 #   make tiny          train the built-in tiny model on built-in data through `trl-robust dpo` (no downloads)
+#   make docs          the documentation site (docs/, mkdocs.yml) into site/, with `mkdocs build --strict`: a broken
+#                      link or anchor fails it (the `docs` extra, installed into .venv)
 # The CPU build of torch is pinned and installed by pip, which finds it on these machines' disk; uv (installed into
 # the virtualenv by pip) installs the rest, keeping that torch: an unpinned torch pulls a multi-GB CUDA build. On a
-# GPU machine install the package with your usual torch instead (`pip install trl-robust[peft]`).
+# GPU machine install the package from the clone with your usual torch instead (`pip install -e ".[peft]"`).
 # Tests run on both cores through pytest-xdist: JOBS=0 runs them in one process (e.g. for `--pdb`).
 
 PYTHON ?= python3
@@ -21,7 +23,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: test test-fast test-oldest test-trl-minors demo tiny clean
+.PHONY: test test-fast test-oldest test-trl-minors demo tiny docs clean
 
 # $(call venv,DIR,EXTRA REQUIREMENTS): pip puts in the pinned torch (and uv), no bytecode compiled; uv the rest, with
 # the same torch pin so that it fails rather than replace it. Redone when pyproject.toml or this file changes.
@@ -58,5 +60,14 @@ demo: .venv/installed
 tiny: .venv/installed
 	.venv/bin/trl-robust dpo --config recipes/tiny_offline.yaml
 
+# The docs extra into the test virtualenv (uv, with the same torch pin, so nothing else moves); a few seconds once
+# .venv exists. NO_MKDOCS_2_WARNING: mkdocs-material prints a banner about MkDocs 2.0 on every build otherwise.
+.venv/docs-installed: .venv/installed
+	.venv/bin/uv pip install --quiet --python .venv/bin/python -e ".[dev,docs]" torch==$(TORCH_VERSION)
+	touch $@
+
+docs: .venv/docs-installed
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf .venv .venv-trl-oldest
+	rm -rf .venv .venv-trl-oldest site
