@@ -5,11 +5,13 @@ labels, over a few seeds, on a CPU, offline.
     python -m trl_robust.experiments.demo
 
 Trains each method through the real `RobustDPOTrainer` (same data, initialisation and optimiser), shows progress,
-prints a comparison table (mean ± std over seeds, and the difference from early-stopped DPO paired by seed) and writes
-`training_curves.png` to the output directory: clean accuracy as the mean over seeds with a band, DPO's early-stopping
-epoch marked, and the auto mode's flip-rate estimate next to the true rate. A few minutes on a laptop CPU.
+prints a comparison table (mean ± std over seeds; DPO early-stopped and at its last epoch, the robust losses at their
+last epoch, each against early-stopped DPO paired by seed, with a sentence saying whether that difference is larger
+than its spread) and writes `training_curves.png` to the output directory: clean accuracy as the mean over seeds with
+a band, DPO's early-stopping epoch marked, and the auto mode's flip-rate estimate next to the true rate.
 """
 
+import math
 import os
 import statistics
 import sys
@@ -18,9 +20,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..optional import require_matplotlib
-from .training_runs import Setting, cpu_workers, early_stop_epoch, grid_jobs, quiet_libraries, run_grid, summarise
+from .training_runs import Setting, cpu_workers, early_stop_epoch, grid_jobs, run_grid
 
 DEMO_METHODS = ["DPO", "ROPO", "ROPO auto"]
+BASELINE = "DPO early-stopped"
 
 
 @dataclass
@@ -32,55 +35,86 @@ class DemoArguments:
     epochs: int = field(default=20, metadata={"help": "Training epochs over the 1000 noisy pairs."})
 
 
-def _mean_std(values: list[float]) -> str:
-    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.1f}"
-
-
-def run_demo(args: DemoArguments) -> str:
-    """Run the demo; return the printed table. Raises ImportError at once where matplotlib (the plot) is missing."""
+def check_arguments(args: DemoArguments) -> None:
+    """Refuse bad values at once, before anything is written or trained."""
     if not 0 <= args.flip_rate < 1:
         raise ValueError(f"--flip_rate must be in [0, 1), got {args.flip_rate}")
     if args.epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
     if args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+
+
+def _mean_std(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.1f}"
+
+
+def compare_with_baseline(paired: list[float]) -> str:
+    """A sentence on a paired difference (percentage points, one per seed) against `BASELINE`: whether its mean is at
+    least twice its standard error, the rough line between a difference and seed-to-seed noise."""
+    n, mean = len(paired), statistics.fmean(paired)
+    if n < 2:
+        return f"{mean:+.1f} pts on one seed, which cannot tell a difference from noise (use --seeds 3 or more)."
+    twice_se = 2 * statistics.stdev(paired) / math.sqrt(n)
+    higher = sum(d > 0 for d in paired)
+    if mean == 0 or abs(mean) < twice_se:
+        return (f"{mean:+.1f} pts, not distinguishable from {BASELINE} over {n} seeds (the mean is smaller than 2 "
+                f"standard errors, {twice_se:.1f} pts; higher in {higher} of {n} seeds).")
+    return (f"{mean:+.1f} pts, {'higher' if mean > 0 else 'lower'} than {BASELINE} over {n} seeds (the mean is at "
+            f"least 2 standard errors, {twice_se:.1f} pts; higher in {higher} of {n} seeds).")
+
+
+def comparison_table(results: list[dict], flip_rate: float, methods=DEMO_METHODS) -> str:
+    """The demo's table and its reading, from the runs' records (`run_job`'s keys: method, seed, clean_accuracy,
+    noisy_val_accuracy, estimated_flip_rate). Rows: DPO stopped early on the noisy validation split (what one can do
+    without clean labels), then every method at its last epoch; each row after the first against it, paired by seed."""
+    by_method = {m: sorted((r for r in results if r["method"] == m), key=lambda r: r["seed"]) for m in methods}
+    stopped = {r["seed"]: 100 * r["clean_accuracy"][early_stop_epoch(r)] for r in by_method["DPO"]}
+    rows = [
+        "| method, read at | clean accuracy | − DPO early-stopped (paired) | estimated flip rate, last epoch |",
+        "|---|---|---|---|",
+        f"| DPO, early-stopped | {_mean_std(list(stopped.values()))}% | – | – |",
+    ]
+    sentences = []
+    for method in methods:
+        runs = by_method[method]
+        last = [100 * r["clean_accuracy"][-1] for r in runs]
+        paired = [100 * r["clean_accuracy"][-1] - stopped[r["seed"]] for r in runs]
+        estimates = [r["estimated_flip_rate"][-1] for r in runs if r["estimated_flip_rate"][-1] is not None]
+        estimate = f"{statistics.fmean(estimates):.0%} (true {flip_rate:.0%})" if estimates else "–"
+        sign = "+" if statistics.fmean(paired) >= 0 else ""
+        rows.append(f"| {method}, last epoch | {_mean_std(last)}% | {sign}{_mean_std(paired)} pts | {estimate} |")
+        sentences.append(f"- {method} at its last epoch: {compare_with_baseline(paired)}")
+    return "\n".join(rows + ["", f"Against {BASELINE}, paired by seed:", *sentences])
+
+
+def run_demo(args: DemoArguments) -> str:
+    """Run the demo; return the printed table. Raises ImportError at once where matplotlib (the plot) is missing."""
+    check_arguments(args)
     require_matplotlib("trl-robust demo (its plot, training_curves.png)", extra="demo")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     setting = replace(Setting(epochs=args.epochs), reward_gain_every_epoch=False)
     seeds = list(range(args.seed, args.seed + args.seeds))
     jobs = grid_jobs(DEMO_METHODS, [args.flip_rate], seeds, setting)
-    quiet_libraries()
+    workers = cpu_workers()
     print(f"Training {', '.join(DEMO_METHODS)} on the synthetic task with {args.flip_rate:.0%} of the labels flipped, "
-          f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}...")
+          f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} × {args.epochs} epochs: first a task per seed (a reference "
+          f"policy and {setting.n_train} training pairs, cached in {out / 'work'}), then {len(jobs)} training runs, "
+          f"{workers} at a time.", flush=True)
     start = time.perf_counter()
-    results = run_grid(jobs, out / "work", workers=cpu_workers(), results_file=None)
+    results = run_grid(jobs, out / "work", workers=workers, results_file=None)
     results.sort(key=lambda r: (DEMO_METHODS.index(r["method"]), r["seed"]))
-    dpo_stopped = {r["seed"]: 100 * summarise(r)["early_stopped_accuracy"] for r in results if r["method"] == "DPO"}
-    rows = [
-        "| method | clean accuracy, early-stopped | clean accuracy, last epoch | last epoch − DPO early-stopped "
-        "(paired) | estimated flip rate, last epoch |",
-        "|---|---|---|---|---|",
-    ]
-    for method in DEMO_METHODS:
-        runs = [r for r in results if r["method"] == method]
-        stopped = [100 * summarise(r)["early_stopped_accuracy"] for r in runs]
-        last = [100 * r["clean_accuracy"][-1] for r in runs]
-        paired = [100 * r["clean_accuracy"][-1] - dpo_stopped[r["seed"]] for r in runs]
-        estimates = [r["estimated_flip_rate"][-1] for r in runs if r["estimated_flip_rate"][-1] is not None]
-        estimate = (f"{statistics.fmean(estimates):.0%} (true {args.flip_rate:.0%})" if estimates else "–")
-        difference = "–" if method == "DPO" else f"{'+' if statistics.fmean(paired) >= 0 else ''}{_mean_std(paired)} pts"
-        rows.append(f"| {method} | {_mean_std(stopped)}% | {_mean_std(last)}% | {difference} | {estimate} |")
     spread = (f"mean over {len(seeds)} seeds ({seeds[0]}–{seeds[-1]}), band = lowest to highest seed"
               if len(seeds) > 1 else f"one seed ({args.seed}): single-run wiggles are noise")
     title = f"Synthetic task, {args.flip_rate:.0%} of the training labels flipped — {spread}"
     plot_training_curves(results, out / "training_curves.png", title=title)
-    table = "\n".join(rows)
+    table = comparison_table(results, args.flip_rate)
     print(table)
     print(
         f"\n{len(results)} runs in {(time.perf_counter() - start) / 60:.1f} min; mean ± std over seeds. 'Early-stopped' = "
         "the epoch with the best accuracy on a *noisy* validation split (what you can do without clean labels); the "
-        "robust methods are read at their last epoch, not stopped early. 'ROPO auto' = `loss_type: ropo` with "
+        "other rows are read at their last epoch, not stopped early. 'ROPO auto' = `loss_type: ropo` with "
         "`ropo_filter_ratio: auto`, which estimates the flip rate each epoch and distrusts that share.\n"
         f"Plot: {out / 'training_curves.png'}"
     )
@@ -149,11 +183,14 @@ def main(argv=None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import HfArgumentParser
 
-    (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(argv)
+    # prog: the usage line names the command the user typed, not the console script alone
+    parser = HfArgumentParser(DemoArguments, prog="trl-robust demo", description=__doc__.split("\n\n")[0])
+    (args,) = parser.parse_args_into_dataclasses(argv)
     try:
+        check_arguments(args)
         require_matplotlib("trl-robust demo (its plot, training_curves.png)", extra="demo")
-    except ImportError as missing:  # a message, not a traceback: the fix is one install
-        raise SystemExit(f"error: {missing}") from None
+    except (ValueError, ImportError) as bad:  # a message, not a traceback: the fix is a flag or one install
+        parser.exit(2, f"{parser.prog}: error: {bad}\n")
     run_demo(args)
 
 
