@@ -54,6 +54,11 @@ def test_unknown_loss_type_without_close_match_still_lists_valid(tmp_path):
         ({"sympo_reward_clip": -1.0}, "sympo_reward_clip` must be > 0"),
         ({"sympo_reward_clip": math.nan}, "sympo_reward_clip` must be a finite"),
         ({"beta": math.inf}, "beta` must be a finite"),
+        # TRL takes any β; at 0 every margin is 0 and below 0 the rejected responses are trained up, for every loss.
+        ({"beta": 0.0}, r"beta` must be > 0, got 0.0"),
+        ({"beta": -0.1}, r"beta` must be > 0, got -0.1"),
+        ({"loss_type": "sigmoid", "beta": -0.1}, r"beta` must be > 0"),
+        ({"loss_type": "ipo", "beta": 0.0}, r"beta` must be > 0"),
         ({"label_smoothing": math.nan}, "label_smoothing` must be a finite"),
         ({"loss_type": ["ropo", "sft"], "loss_weights": [1.0, math.nan]}, "loss_weights` must be a finite"),
         ({"drdpo_beta_prime": 0.0}, "drdpo_beta_prime` must be > 0"),

@@ -240,6 +240,13 @@ def validate_robust_args(args) -> None:
             raise unknown_loss_type_error(loss_type)
 
     _require_finite("beta", args.beta)
+    if args.beta <= 0:  # TRL takes any number: β = 0 zeroes every margin, β < 0 trains towards the rejected responses
+        raise ValueError(
+            f"`beta` must be > 0, got {args.beta}. β scales the margin z = β·(chosen − rejected log-ratio) that every "
+            "loss here reads (IPO divides by it): at 0 nothing is learnt, below 0 the rejected responses are "
+            "preferred. TRL's default is 0.1; the DPO paper uses 0.1 to 0.5 (larger stays closer to the reference "
+            "model)."
+        )
     _require_finite("label_smoothing", args.label_smoothing)
     for weight in args.loss_weights or []:
         _require_finite("loss_weights", weight)
