@@ -1,7 +1,10 @@
 """Robust reward models: `bradley_terry` is stock TRL bit for bit, the robust losses have the values worked out by hand,
 every loss type trains, and bad settings fail before a model is loaded."""
 
+import builtins
 import math
+import os
+import re
 import warnings
 
 import pytest
@@ -299,6 +302,40 @@ def test_label_smoothing_without_cdpo_warns_that_it_has_no_effect(tmp_path):
         warnings.simplefilter("always")
         RobustRewardConfig(loss_type="cdpo", label_smoothing=0.1, **cpu)
     assert not [w for w in caught if "label_smoothing" in str(w.message)]
+
+
+def label_smoothing_warnings(caught, loss_type="sympo_sigmoid"):
+    return [w for w in caught if f"has no effect with loss_type {loss_type!r}" in str(w.message)]
+
+
+def test_label_smoothing_without_cdpo_warns_once_for_a_config_and_its_trainer(
+    tiny_model_path, reward_dataset, tmp_path, monkeypatch
+):
+    # The config checks at construction and the trainer again (issue 19, fault 14a: three warnings per command).
+    monkeypatch.setenv("PYTHONWARNINGS", "")  # restored after the test
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # not Python's once-per-location default: count every call
+        args = reward_args(tmp_path, loss_type="sympo_sigmoid", label_smoothing=0.1)
+        RobustRewardTrainer(model=tiny_model_path, args=args, train_dataset=reward_dataset)
+    assert len(label_smoothing_warnings(caught)) == 1
+
+
+def test_label_smoothing_warning_is_not_repeated_by_the_training_processes(tmp_path, monkeypatch):
+    # `trl-robust reward` builds the config, then launches training processes that build it again; they inherit
+    # PYTHONWARNINGS. Its rules are applied here as Python applies `-W action:message:category` (the message matched
+    # literally at the start), to a config built anew as in such a process.
+    monkeypatch.setenv("PYTHONWARNINGS", "")
+    cpu = {"output_dir": str(tmp_path), "use_cpu": True, "bf16": False, "loss_type": "sympo_sigmoid"}
+    with pytest.warns(UserWarning, match="no effect with loss_type 'sympo_sigmoid'"):
+        RobustRewardConfig(label_smoothing=0.1, **cpu)
+    rules = [rule.split(":") for rule in os.environ["PYTHONWARNINGS"].split(",") if rule]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for action, message, category, *_ in rules:
+            warnings.filterwarnings(action, re.escape(message), getattr(builtins, category))
+        RobustRewardConfig(label_smoothing=0.1, **cpu)  # the same message: not shown again
+        RobustRewardConfig(label_smoothing=0.2, **cpu)  # another value is another message
+    assert [str(w.message).split(" has")[0] for w in label_smoothing_warnings(caught)] == ["`label_smoothing=0.2`"]
 
 
 def test_the_reward_loss_types_are_bradley_terry_and_the_per_pair_registered_losses():

@@ -264,7 +264,7 @@ def validate_robust_args(args) -> None:
 
     if "sigmoid" in loss_types and args.label_smoothing > 0:
         head = f"`label_smoothing={args.label_smoothing}` has no effect with loss_type 'sigmoid'"
-        _warn_once(
+        warn_once(
             args,
             head,
             f"{head}: TRL ignores it since v0.29 (conservative DPO was removed). Use loss_type 'cdpo' for conservative "
@@ -277,12 +277,13 @@ def validate_robust_args(args) -> None:
 _SHOWN_WARNINGS = "_trl_robust_shown_warnings"
 
 
-def _warn_once(args, head: str, message: str) -> None:
+def warn_once(args, head: str, message: str) -> None:
     """Warn about a setting once: not again for the same config object, nor in the processes this one starts.
 
-    `validate_robust_args` runs at config construction and again in the trainer (a plain `trl.DPOConfig` has only
-    the second), and `trl-robust dpo` builds the config in its own process and again in each training process it
-    launches: without this the same hint is printed three times or more. The object remembers what it showed; the
+    `validate_robust_args` (and `validate_reward_args`) runs at config construction and again in the trainer (a plain
+    TRL config has only the second), and `trl-robust dpo|reward` builds the config in its own process and again in
+    each training process it launches: without this the same hint is printed three times or more. The object
+    remembers what it showed; the
     child interpreters inherit an `ignore` filter for the message through `PYTHONWARNINGS` (Python's own mechanism for
     passing warning filters to subprocesses). `head` is the message's start, without ':' or ',' (the separators of
     that variable), which the filter matches.

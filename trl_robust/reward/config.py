@@ -2,12 +2,11 @@
 construction."""
 
 import math
-import warnings
 from dataclasses import dataclass, field
 
 from trl import RewardConfig
 
-from ..config import ROBUST_FIELDS, RobustArguments, robust_hyperparameter, validate_loss_settings
+from ..config import ROBUST_FIELDS, RobustArguments, robust_hyperparameter, validate_loss_settings, warn_once
 from ..losses import bradley_terry_loss
 from ..registry import CDPO_EPSILON, LossSpec, get_loss_spec, registered_loss_types, unknown_loss_type_error
 
@@ -137,10 +136,12 @@ def validate_reward_args(args) -> None:
     validate_loss_settings(args, [spec or BRADLEY_TERRY_SPEC], [loss_type], always=ROBUST_FIELDS)
 
     if epsilon != 0 and loss_type != "cdpo":
-        warnings.warn(
-            f"`label_smoothing={epsilon}` has no effect with loss_type {loss_type!r}: only 'cdpo' (label-smoothed "
-            "Bradley–Terry) reads it. Use loss_type 'cdpo' for it, or a symmetric loss such as 'sympo_sigmoid' for "
-            "noisy labels.",
-            UserWarning,
-            stacklevel=3,
+        # Once, as for DPO: this runs at config construction and again in the trainer, and `trl-robust reward` builds
+        # the config in its own process and again in each training process (three warnings without `warn_once`).
+        head = f"`label_smoothing={epsilon}` has no effect with loss_type {loss_type!r}"
+        warn_once(
+            args,
+            head,
+            f"{head}: only 'cdpo' (label-smoothed Bradley–Terry) reads it. Use loss_type 'cdpo' for it, or a "
+            "symmetric loss such as 'sympo_sigmoid' for noisy labels.",
         )
