@@ -217,10 +217,13 @@ def test_command_reports_bad_input_in_one_message_without_launching(tmp_path):
 
 def checkpoint(directory: Path, complete: bool = True) -> Path:
     """A `checkpoint-N/` as transformers leaves it: complete once `trainer_state.json` (written last) is there; a run
-    killed while saving leaves the first files only (here `config.json`)."""
+    killed while saving leaves the first files only (here `config.json`). With the optimizer and scheduler states, as
+    saved without `save_only_model` (a weights-only checkpoint cannot be resumed: tests/test_resume_checks.py)."""
     directory.mkdir(parents=True)
     (directory / "config.json").write_text("{}")
     if complete:
+        (directory / "optimizer.pt").write_bytes(b"")
+        (directory / "scheduler.pt").write_bytes(b"")
         (directory / "trainer_state.json").write_text(json.dumps({"global_step": int(directory.name.split("-")[1])}))
     return directory
 

@@ -12,6 +12,12 @@ from .usage import UsageError, bool_word
 # states), and `train()` reads it to resume: a `checkpoint-N/` without it was cut short while saving.
 TRAINER_STATE = "trainer_state.json"
 _CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")  # transformers' `get_last_checkpoint` rule
+# What transformers' `Trainer._save_optimizer_and_scheduler` writes for the optimizer: `optimizer.pt` (one process,
+# DDP; `rank*-of-*-optimizer.pt` on TPUs), `optimizer.bin` or an `optimizer_0/` folder (FSDP), `optimizer.pt_*`
+# (SageMaker), or a `global_step*/` folder (DeepSpeed's own checkpoint). With `save_only_model: true` it writes none of
+# them, nor `scheduler.pt`, and `train(resume_from_checkpoint=...)` then silently starts a fresh optimizer and
+# learning-rate schedule: only the weights and the step count carry over.
+_OPTIMIZER_STATE = re.compile(r"(.*optimizer.*|global_step\d+)")
 
 
 def check_output_dir_is_a_directory(output_dir: Path) -> None:
@@ -32,7 +38,13 @@ def check_output_dir(training_args, overwrite: bool) -> None:
     if shown is None:
         return
     complete, incomplete = _checkpoints(output_dir)
-    resume = f"`--resume_from_checkpoint {complete[-1]}` (or `true`) to continue that run, " if complete else ""
+    if complete and weights_only(complete[-1]):  # nothing to resume from: start from its weights instead
+        resume = (
+            f"`--model_name_or_path {complete[-1]}` with another `--output_dir` to train on from its weights (saved "
+            "with `save_only_model`, it cannot be resumed), "
+        )
+    else:
+        resume = f"`--resume_from_checkpoint {complete[-1]}` (or `true`) to continue that run, " if complete else ""
     raise UsageError(
         f"`output_dir` {str(output_dir)!r} already exists and is not empty ({shown}); training would overwrite it. "
         f"Pass {resume}`--overwrite_output_dir true` to write over it, or choose another `--output_dir`."
@@ -57,6 +69,7 @@ def resolve_resume(training_args) -> list[str]:
         return []
     if not resumes_from_latest(value):
         _check_checkpoint(Path(value), output_dir)
+        _check_resumable(Path(value))
         return []
     complete, incomplete = _checkpoints(output_dir)
     if not complete:
@@ -67,6 +80,7 @@ def resolve_resume(training_args) -> list[str]:
             "`--resume_from_checkpoint PATH`, or leave `resume_from_checkpoint` out to start a new run "
             "(with `--overwrite_output_dir true` if `output_dir` holds files)."
         )
+    _check_resumable(complete[-1], latest_of=output_dir)
     training_args.resume_from_checkpoint = str(complete[-1])
     skipped = [path for path in incomplete if _step(path) > _step(complete[-1])]
     notice = f"resuming from {complete[-1]}, the latest complete checkpoint"
@@ -96,6 +110,29 @@ def _check_checkpoint(path: Path, output_dir: Path) -> None:
     raise UsageError(
         f"{prefix} is not a complete checkpoint: it has no {TRAINER_STATE}, which transformers writes last, so the "
         f"run was stopped while saving it.{instead}"
+    )
+
+
+def weights_only(checkpoint: Path) -> bool:
+    """Whether `checkpoint` (a complete `checkpoint-N/`) holds no optimizer state: saved with `save_only_model`."""
+    return not any(_OPTIMIZER_STATE.fullmatch(entry.name) for entry in checkpoint.iterdir())
+
+
+def _check_resumable(checkpoint: Path, latest_of: Path | None = None) -> None:
+    """Refuse to resume from a weights-only checkpoint: transformers would continue from its step with a new optimizer
+    (Adam's moments at zero) and the learning-rate schedule restarted, without a word."""
+    if not weights_only(checkpoint):
+        return
+    which = repr(str(checkpoint))
+    if latest_of is not None:
+        which = f"the latest complete checkpoint in {str(latest_of)!r}, {which},"
+    raise UsageError(
+        f"`resume_from_checkpoint`: {which} holds the model weights only (saved with `save_only_model: true`): no "
+        "optimizer, learning-rate scheduler or RNG state, so the run cannot continue where it stopped (transformers "
+        "would restart the optimizer and schedule without a word). To train on from these weights as a new run, pass "
+        f"`--model_name_or_path {checkpoint}` with another `--output_dir` and without `resume_from_checkpoint` (the "
+        "schedule then starts again). To be able to resume a run, save its checkpoints without `save_only_model` "
+        "(`--save_only_model false`)."
     )
 
 
