@@ -1,6 +1,7 @@
 """`check_preference_dataset` validates a preference dataset before TRL tokenises it, so a missing column, a `None` or
 an empty response is reported by split, column and row instead of as an error deep inside `map`;
-`check_trainer_datasets` applies it to the datasets a trainer is given, before any model is loaded."""
+`check_trainer_datasets` applies it to the datasets a trainer is given, before any model is loaded. Both trainers use
+them: DPO's and the reward model's (TRL's `RewardTrainer` reads the same prompt/chosen/rejected columns)."""
 
 import difflib
 import inspect
@@ -26,6 +27,11 @@ TOKENIZED_COLUMNS = (
 )
 # How many offending rows an error or warning lists; the total is always given.
 SHOWN_ROWS = 5
+# What each task calls itself in messages, and what it does without a 'prompt' column.
+TASKS = {
+    "dpo": ("DPO", "TRL takes the shared start of chosen and rejected as the prompt"),
+    "reward": ("a reward model", "chosen and rejected are each scored whole, prompt included"),
+}
 # What each format requires of prompt/chosen/rejected, for the error message.
 FORMAT_RULES = {
     "standard": "in the standard format, prompt, chosen and rejected are strings",
@@ -41,9 +47,10 @@ FORMAT_RULES = {
 
 
 def check_preference_dataset(
-    dataset: Dataset | IterableDataset, name: str = "dataset", *, batch_size: int = 1000
+    dataset: Dataset | IterableDataset, name: str = "dataset", *, batch_size: int = 1000, task: str = "dpo"
 ) -> dict[str, Any]:
-    """Check that `DPOTrainer` can train on a preference dataset, before it tokenises it; raise a `ValueError` if not.
+    """Check that `DPOTrainer` (or, with ``task="reward"``, `RewardTrainer`) can train on a preference dataset, before
+    it tokenises it; raise a `ValueError` if not.
 
     Why: TRL meets a bad row only while tokenising, inside `Dataset.map`, possibly minutes into preprocessing a
     large dataset, and then fails with an error that names neither the row nor the column (`KeyError: 'chosen'`,
@@ -75,6 +82,7 @@ def check_preference_dataset(
         dataset: a `datasets.Dataset` (an `IterableDataset` is skipped). For a `DatasetDict`, check each split.
         name: what messages call the dataset, e.g. ``"train_dataset"`` or ``"eval_dataset['clean']"``.
         batch_size: rows read at a time.
+        task: ``"dpo"`` or ``"reward"``: the trainer the messages name (the checks are the same).
 
     Returns:
         ``{"rows": int, "identical_pairs": int, "format": "standard" | "conversational", "skipped": None}``; for a
@@ -104,9 +112,9 @@ def check_preference_dataset(
         return {"rows": dataset.num_rows, "identical_pairs": None, "format": None, "skipped": "tokenized"}
     missing = [column for column in ("chosen", "rejected") if column not in columns]
     if missing:
-        raise ValueError(_missing_columns_message(dataset, name, missing))
-    if dataset.num_rows == 0:
-        raise ValueError(f"{name} has no rows; DPO needs at least one prompt/chosen/rejected pair")
+        raise ValueError(_missing_columns_message(dataset, name, missing, task))
+    if dataset.num_rows == 0:  # (TRL's RewardTrainer would stop on it with a bare StopIteration)
+        raise ValueError(f"{name} has no rows; {TASKS[task][0]} needs at least one chosen/rejected pair")
 
     text_columns = [column for column in ("prompt", "chosen", "rejected") if column in columns]
     wrong_type, empty, identical = [], [], []  # (row, column, what was found) for the first two; rows for the last
@@ -186,8 +194,8 @@ def check_preference_dataset(
         warnings.warn(
             f"{name}: {len(identical)} of {dataset.num_rows} pairs have chosen identical to rejected "
             f"({_rows_list(identical)}). They carry no preference signal: their margin is 0 whatever the model, so "
-            "with a margin-based loss (DPO's sigmoid, IPO, ROPO, SymPO, ...) each adds a constant to the loss and "
-            "nothing to the gradient, while diluting the batch. Drop them with "
+            "with a margin-based loss (DPO's sigmoid, IPO, Bradley–Terry, ROPO, SymPO, ...) each adds a constant to "
+            "the loss and nothing to the gradient, while diluting the batch. Drop them with "
             '`dataset = dataset.filter(lambda ex: ex["chosen"] != ex["rejected"])`.',
             UserWarning,
             stacklevel=2,
@@ -195,14 +203,15 @@ def check_preference_dataset(
     return {"rows": dataset.num_rows, "identical_pairs": len(identical), "format": dataset_format, "skipped": None}
 
 
-def check_trainer_datasets(trainer_init: Callable, /, *args, **kwargs) -> dict[str, dict[str, Any]]:
+def check_trainer_datasets(trainer_init: Callable, /, *args, task: str = "dpo", **kwargs) -> dict[str, dict[str, Any]]:
     """Run `check_preference_dataset` on the train and eval datasets of a call ``trainer_init(self, *args, **kwargs)``.
 
     Why: the trainer must check its datasets before TRL's `__init__` tokenises them, and they may arrive by keyword
     or by position (after ``data_collator`` in `DPOTrainer`), so the call is bound to `trainer_init`'s signature
     rather than assuming either. An ``eval_dataset`` that is a dict (or `DatasetDict`) is checked per split, named
     like ``eval_dataset['clean']`` in messages. Values that are not datasets (None, ...) are left to the trainer,
-    as is a call that does not fit the signature: the trainer raises its own `TypeError`.
+    as is a call that does not fit the signature: the trainer raises its own `TypeError`. `task` is
+    `check_preference_dataset`'s (``"reward"`` for `RewardTrainer.__init__`).
 
     Returns:
         The result of `check_preference_dataset` for each dataset checked, by name.
@@ -220,7 +229,7 @@ def check_trainer_datasets(trainer_init: Callable, /, *args, **kwargs) -> dict[s
             datasets_by_name = {parameter: datasets_by_name}
         for name, dataset in datasets_by_name.items():
             if isinstance(dataset, (Dataset, IterableDataset)):
-                results[name] = check_preference_dataset(dataset, name)
+                results[name] = check_preference_dataset(dataset, name, task=task)
     return results
 
 
@@ -279,12 +288,14 @@ def _emptiness(response: str | list[dict[str, Any]]) -> str | None:
     return f"{len(response)} message{'s' if len(response) > 1 else ''}, none with content"
 
 
-def _missing_columns_message(dataset: Dataset, name: str, missing: list[str]) -> str:
+def _missing_columns_message(dataset: Dataset, name: str, missing: list[str], task: str) -> str:
     """Which required columns are missing, which columns there are, and which of them may be meant."""
+    trainer, without_prompt = TASKS[task]
+    trainer = trainer[0].upper() + trainer[1:]  # it starts a sentence
     lines = [
         f"{name} has no {' or '.join(map(repr, missing))} column; its columns are {dataset.column_names}. "
-        "DPO needs a 'chosen' (preferred) and a 'rejected' response in each row; 'prompt' is optional (without it, "
-        "TRL takes the shared start of chosen and rejected as the prompt)."
+        f"{trainer} needs a 'chosen' (preferred) and a 'rejected' response in each row; 'prompt' is optional "
+        f"(without it, {without_prompt})."
     ]
     taken = set()
     for column in missing:
@@ -297,8 +308,8 @@ def _missing_columns_message(dataset: Dataset, name: str, missing: list[str]) ->
             )
     if "completion" in dataset.column_names and "label" in dataset.column_names:
         lines.append(
-            "Its 'completion' and 'label' columns look like an unpaired preference dataset (KTO's format); DPO needs "
-            "paired responses."
+            "Its 'completion' and 'label' columns look like an unpaired preference dataset (KTO's format); "
+            f"{trainer} needs paired responses."
         )
     return " ".join(lines)
 

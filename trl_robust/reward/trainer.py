@@ -25,10 +25,14 @@ loss does), so the reward difference itself is the scale. SymPO's reward clip bo
 before the difference (the reward-model reading of the SymPO authors' clamp of each side's β·log-ratio).
 """
 
+from collections.abc import Mapping
+
 import torch
+from datasets import Dataset
 from trl import RewardTrainer
 
 from .. import compat
+from ..dataset_checks import check_trainer_datasets
 from ..filter.columns import rows_indexed_for_the_filter
 from ..filter.settings import filters
 from ..integration.core import RobustLossMixin
@@ -41,9 +45,11 @@ class RobustRewardTrainer(RobustLossMixin, RewardTrainer):
     `sympo_unhinged`, `ropo`, `cdpo`, ...), chosen with `loss_type` in a `RobustRewardConfig`.
 
     Drop-in: same arguments as `trl.RewardTrainer`. `args` may also be a plain `trl.RewardConfig` (read as
-    `bradley_terry`). `loss_type` and its hyperparameters are validated before any model is loaded. `model` may be a
-    `builtin:` name (`builtin:tiny`): TRL then loads that causal LM with a fresh one-output sequence-classification head,
-    as it does for any causal LM checkpoint.
+    `bradley_terry`). `loss_type` and its hyperparameters are validated, and the datasets checked as DPO's are
+    (`trl_robust.dataset_checks`: columns, types, empty responses, `label_flipped`), before any model is loaded; a
+    dataset that `max_length` empties (TRL drops longer pairs) is refused when training starts. `model` may be a
+    `builtin:` name (`builtin:tiny`): TRL then loads that causal LM with a fresh one-output sequence-classification
+    head, as it does for any causal LM checkpoint.
 
     Extra metrics for a registered loss type `<name>` (gathered over all processes, like TRL's), the same as for DPO
     (see `RobustDPOTrainer` and the README's glossary): `<name>/grad_weight`, `<name>/grad_weight_vs_logistic` (the
@@ -69,6 +75,10 @@ class RobustRewardTrainer(RobustLossMixin, RewardTrainer):
         if args is None:  # TRL's default name, with our config so that `loss_type` exists
             args = RobustRewardConfig(self._default_output_name(model, "Reward"))
         validate_reward_args(args)  # before TRL loads any model
+        # Bad rows fail early, by split, column and row, as for DPO: TRL would fail after loading the model, in its
+        # tokenisation (KeyError, AttributeError, a bare StopIteration for no rows) or in the DataLoader (a
+        # `label_flipped` string), or train on an empty response without a word.
+        checked = check_trainer_datasets(RewardTrainer.__init__, model, args, *pargs, task="reward", **kwargs)
         loss_type = reward_loss_type(args)
         # None: TRL's own loss, untouched. Bradley–Terry with ROPO's filter is computed here, per pair.
         spec = get_loss_spec(loss_type) or (BRADLEY_TERRY_SPEC if filters(args) else None)
@@ -76,7 +86,33 @@ class RobustRewardTrainer(RobustLossMixin, RewardTrainer):
         self._set_model_card_data("Reward model", [loss_type], getattr(RewardTrainer, "_paper", None))
         pargs, kwargs = rows_indexed_for_the_filter(args, RewardTrainer.__init__, (model, args), pargs, kwargs)
         super().__init__(model, args, *pargs, **kwargs)
+        self._pairs_given = {name: result["rows"] for name, result in checked.items()}
         self._set_up_robust_loss()
+
+    def train(self, *args, **kwargs):
+        """TRL's `train`, after checking that `max_length` left pairs to train on (`_refuse_datasets_emptied`)."""
+        self._refuse_datasets_emptied()
+        return super().train(*args, **kwargs)
+
+    def _refuse_datasets_emptied(self) -> None:
+        """TRL's `RewardTrainer` drops a pair longer than `max_length` (it does not truncate). A dataset left with no
+        pair failed in the sampler (`num_samples=0`) without saying why: say it before training starts. (Not at
+        construction: the noisy-pair audit builds this trainer to score, and names the rows it could not score.)"""
+        prepared = {"train_dataset": self.train_dataset}
+        if isinstance(self.eval_dataset, Mapping):
+            prepared.update({f"eval_dataset[{key!r}]": split for key, split in self.eval_dataset.items()})
+        else:
+            prepared["eval_dataset"] = self.eval_dataset
+        for name, dataset in prepared.items():
+            rows = self._pairs_given.get(name)
+            if isinstance(dataset, Dataset) and dataset.num_rows == 0 and rows and self.args.max_length is not None:
+                use = "train on" if name == "train_dataset" else "evaluate"
+                raise ValueError(
+                    f"{name}: all {rows} pairs are longer than `max_length={self.args.max_length}` tokens (prompt and "
+                    "response, chosen or rejected), and TRL's RewardTrainer drops such pairs rather than truncating "
+                    f"them, so none is left to {use}. Raise `max_length` (TRL's default is 1024; None keeps every "
+                    "pair), or shorten the texts."
+                )
 
     @property
     def _reward_spec(self):
