@@ -17,6 +17,7 @@ import trl
 from trl_robust import patch_trl
 from trl_robust.builtin import materialise_builtins
 from trl_robust.cli.arguments import LabelNoiseArguments, UsageError, parse_command_args
+from trl_robust.cli.dataset_file import dataset_file_as_mixture
 from trl_robust.cli.distributed import end_distributed
 from trl_robust.compat import TRL_SCRIPT_TRAINERS, check_trl_script
 from trl_robust.data import flip_preferences
@@ -62,6 +63,9 @@ def run_trl_script(command: str, trainer_cls: type, dataclasses: tuple) -> None:
     # that builds a built-in model; the other ranks then find it in the cache.
     with training_args.main_process_first(local=False, desc="building builtin: model and data"):
         materialise_builtins(script_args, model_args)
+    # A single data file as `dataset_name`: TRL's script would hand it to `load_dataset`, which wants a directory or a
+    # Hub id (FileNotFoundError); it becomes the `datasets` mixture TRL's script loads with the file's builder.
+    dataset_file_as_mixture(script_args, dataset_args, training_args)
     patch_trl()  # before importing TRL's script: trl < 1.0 binds the trainer when the script module is imported
     trl_script = importlib.import_module(f"trl.scripts.{command}")
 
@@ -84,4 +88,7 @@ def script_entry(command: str, main) -> None:
         sys.exit(f"{prog}: error: {error}")
     for notice in args.notices:  # started by hand with `resume_from_checkpoint: true`: which checkpoint, and why
         print(f"{prog}: note: {notice}", file=sys.stderr)
-    main(*args.dataclasses, args.noise_args)
+    try:
+        main(*args.dataclasses, args.noise_args)
+    except UsageError as error:  # refused before any model is loaded (e.g. a `dataset_name` file without a test split)
+        sys.exit(f"{prog}: error: {error}")
