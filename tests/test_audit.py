@@ -137,7 +137,9 @@ def test_outputs_hold_one_line_per_row_sorted_by_suspicion_and_a_summary_and_plo
 
     lines = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
     assert lines == result.pairs and len(lines) == len(noisy_dataset)
-    assert set(lines[0]) == {"rank", "row", "z", "dpo_loss", "ropo_loss", "p_flipped", "label_flipped"}
+    # No p_flipped: 11 pairs scored by a randomly perturbed policy cannot tell how many labels are flipped.
+    assert result.noise_estimate.cannot_tell
+    assert set(lines[0]) == {"rank", "row", "z", "dpo_loss", "ropo_loss", "label_flipped"}
     with open(out / "audit.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert [int(r["row"]) for r in rows] == [p["row"] for p in result.pairs]
@@ -358,28 +360,24 @@ def test_a_peft_adapter_without_ref_model_is_scored_against_its_base_model(tiny_
     assert max(map(abs, from_adapter)) > 1e-2
 
 
-def test_the_audit_estimates_the_share_of_flipped_labels_and_each_pairs_probability(audited):
+def test_the_audit_estimates_the_share_of_flipped_labels_from_its_margins(audited):
     from trl_robust.noise import estimate_noise
 
     result, _, out = audited
-    # The estimate is the noise estimator's on the audited margins, in input-row order (computed again here).
+    # The estimate is the noise estimator's on the audited margins, in input-row order (computed again here). Each
+    # pair's probability, where the estimate can tell: tests/test_audit_faults.py.
     expected = estimate_noise(result.z_by_row())
     assert result.noise_estimate.flip_rate == pytest.approx(expected.flip_rate)
-    by_row = {pair["row"]: pair["p_flipped"] for pair in result.pairs}
-    assert [by_row[row] for row in range(len(by_row))] == pytest.approx(expected.p_flipped.tolist())
-    # The lower the margin, the likelier a flipped label: along the ranking the probability never rises.
-    p = [pair["p_flipped"] for pair in result.pairs]
-    assert all(a >= b - 1e-12 for a, b in zip(p, p[1:]))
+    assert result.noise_estimate.cannot_tell == expected.cannot_tell
     summary = (out / "summary.md").read_text()
     assert f"estimated flipped labels: {expected.describe()}" in summary
-    assert "not its error" in summary  # what the interval means
 
 
 def test_an_audit_of_a_policy_equal_to_its_reference_has_no_estimate(tiny_model_path, noisy_dataset):
     result = audit_preferences(tiny_model_path, noisy_dataset, ref_model=tiny_model_path, show_progress=False)
     assert set(p["z"] for p in result.pairs) == {0.0} and result.noise_estimate is None
     assert "p_flipped" not in result.pairs[0]
-    assert "none can be estimated (every margin is the same)" in result.summary
+    assert "cannot tell — every margin is the same (is the policy identical to its reference?)" in result.summary
 
 
 def copy_with_vocabulary(tiny_model_path, path, vocab_size=None, swap_tokens=None):

@@ -3,8 +3,10 @@
     from trl_robust.audit import audit_preferences
     result = audit_preferences(model, dataset, ref_model=..., output_dir=...)
 
-`scoring` computes each pair's margin through TRL's own evaluation pass, `metrics` ranks it against a flip record,
-`report` writes the files, `result` holds what was found. The command is `trl-robust audit` (`trl_robust.cli.audit`).
+`checks` and `models` refuse bad input before any model loads, `loading` reads a dataset named as `--dataset_name`,
+`scoring` computes each pair's margin through TRL's own evaluation pass (`policy`, `reward`), `twins` gives identical
+pairs one score, `metrics` ranks it against a flip record, `report` writes the files, `result` holds what was found and
+cleans. The command is `trl-robust audit` (`trl_robust.cli.audit`).
 """
 
 from .checks import AuditInputError

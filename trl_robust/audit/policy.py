@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from ..compat import REF_ADAPTER
 from ..data import ROW_COLUMN
-from .checks import AuditInputError, ModelSource, check_per_pair, check_same_vocabulary, vocabulary_facts
+from .checks import AuditInputError, check_per_pair
+from .models import ModelSource, check_same_vocabulary, vocabulary_facts
 
 
 def score_with_policy(policy: ModelSource, reference: ModelSource | None, dataset, *, beta, batch_size, max_length,

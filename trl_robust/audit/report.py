@@ -1,5 +1,9 @@
 """The audit's outputs: the Markdown summary, the JSONL/CSV tables and the histogram of z (matplotlib, imported only
-when a histogram is drawn)."""
+when a histogram is drawn).
+
+What is rounded: only what people read. summary.md (what the command prints) shows p_flipped to three decimals
+("<0.001" and ">0.999" at the ends: a probability of 7e-301 says nothing 0.000 does not) and every other number to four
+significant digits. audit.jsonl and audit.csv keep each value at full float precision, for programs."""
 
 import json
 import math
@@ -7,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .result import AuditResult
+from .result import AuditResult, noise_cannot_tell, noise_fits_no_opinion
 
 OUTPUT_FILES = {
     "jsonl": "audit.jsonl",
@@ -18,14 +22,41 @@ OUTPUT_FILES = {
 
 
 def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
+    """Four significant digits, never in exponent notation (a loss of 3e-12 is shown as 0.0000)."""
+    if value is None:
+        return "n/a"
+    text = f"{value:.4g}"
+    return text if "e" not in text else f"{value:.4f}" if abs(value) < 1 else f"{value:.0f}"
+
+
+def _probability(value: float) -> str:
+    return "<0.001" if value < 0.0005 else ">0.999" if value > 0.9995 else f"{value:.3f}"
+
+
+def _cell(column: str, value) -> str:
+    if column == "p_flipped":
+        return _probability(value)
+    return _fmt(value) if isinstance(value, float) else str(value)
 
 
 def _noise_line(result: AuditResult) -> str:
+    """The summary's line on how many labels look flipped: all its wording, "cannot tell" included, is here."""
     estimate = result.noise_estimate
     model = "reward model" if result.model_kind == "reward" else "policy"
     if estimate is None:
-        return "estimated flipped labels: none can be estimated (every margin is the same)"
+        why = "" if result.model_kind == "reward" else " (is the policy identical to its reference?)"
+        return (f"estimated flipped labels: cannot tell — every margin is the same{why}, so the ranking below carries "
+                "no information and nothing can be cleaned from it")
+    if noise_fits_no_opinion(estimate):
+        return (
+            f"estimated flipped labels: {estimate.describe()}. So no pair gets a `p_flipped`, and the clean step "
+            f"(`--clean_share`, `AuditResult.cleaned`) is refused; a {model} trained longer, or more pairs, may tell"
+        )
+    if noise_cannot_tell(estimate):
+        return (
+            f"estimated flipped labels: {estimate.describe()}. So no pair gets a `p_flipped`; the ranking by z still "
+            "puts the pairs the model disagrees with first, but how many of them to clean is for you to judge"
+        )
     return (
         f"estimated flipped labels: {estimate.describe()}. From the margins alone, assuming labels were flipped "
         f"independently of the pair; the interval is the spread over resampled pairs given this {model}, not its error. "
@@ -61,6 +92,11 @@ def summary(result: AuditResult, policy, reference, n_rows, max_length, flip_col
             f"- pairs with z < 0 (the policy prefers the rejected response): {negative} ({negative / n_rows:.1%})",
         ]
         definition = "z = β·[(log πθ − log πref)(chosen) − (log πθ − log πref)(rejected)]"
+    if result.twins:
+        lines.append(
+            f"- identical pairs (same prompt, chosen and rejected): {sum(map(len, result.twins))} rows in "
+            f"{len(result.twins)} groups, e.g. rows {result.twins[0]}; each group has one z and is cleaned or kept whole"
+        )
     lines += [
         f"- {_noise_line(result)}",
         "",
@@ -98,7 +134,7 @@ def summary(result: AuditResult, policy, reference, n_rows, max_length, flip_col
     lines += ["", f"## The {len(shown)} most suspicious pairs", "", "| rank | " + " | ".join(columns) + " |",
               "|---|" + "---|" * len(columns)]
     for pair in shown:
-        cells = [_fmt(pair[c]) if isinstance(pair[c], float) else str(pair[c]) for c in columns]
+        cells = [_cell(c, pair[c]) for c in columns]
         lines.append(f"| {pair['rank']} | " + " | ".join(cells) + " |")
     if result.paths:
         lines += ["", "Files: " + ", ".join(f"`{Path(p).name}`" for p in result.paths.values())]

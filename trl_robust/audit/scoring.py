@@ -12,7 +12,7 @@ after training on mostly-correct labels (ideally with a noise-robust loss, which
 pairs at the bottom are the first candidates for a wrong label. The pairs are ranked most suspicious first.
 
 How Δ is computed, and how rows stay aligned: `trl_robust.audit.policy` (a reward model's margin:
-`trl_robust.audit.reward`).
+`trl_robust.audit.reward`). Identical pairs get one score (`trl_robust.audit.twins`).
 """
 
 import os
@@ -28,19 +28,14 @@ import torch.nn.functional as F
 from ..data import ROW_COLUMN
 from ..noise import estimate_noise
 from ..optional import require_matplotlib
-from .checks import (
-    AuditInputError,
-    check_beta,
-    check_dataset,
-    check_loss_type,
-    check_output_dir,
-    check_settings,
-    resolve_models,
-)
+from .checks import AuditInputError, check_dataset, check_loss_type, check_output_dir, check_settings
+from .loading import load_preference_split
+from .models import check_beta, resolve_models
 from .metrics import flip_metrics
 from .policy import score_with_policy
 from .report import OUTPUT_FILES, summary, write_outputs
-from .result import DEFAULT_FLIP_COLUMN, AuditResult
+from .result import DEFAULT_FLIP_COLUMN, AuditResult, noise_cannot_tell
+from .twins import share_within_twins, twin_groups
 
 def audit_preferences(
     model,
@@ -73,9 +68,13 @@ def audit_preferences(
             column is `bradley_terry_loss` (−log σ(z)) instead of `dpo_loss`; each pair also gets `reward_chosen` and
             `reward_rejected`.
         dataset: a preference `datasets.Dataset` (prompt/chosen/rejected, standard or conversational, or implicit
-            prompt), checked with `trl_robust.dataset_checks.check_preference_dataset` before any model is loaded.
-        ref_model: the reference the policy was trained against (path or loaded model). Required for a full model;
-            for a PEFT adapter, omitted means its base model (the adapter disabled).
+            prompt), checked with `trl_robust.dataset_checks.check_preference_dataset` before any model is loaded; or,
+            as `--dataset_name` takes it, a path (a single .jsonl/.json/.csv/.parquet file, a directory of such files
+            or one written by `save_to_disk`) or `builtin:tiny`: its train split (a single file is the split).
+            Identical pairs (same prompt, chosen and rejected) get one score (`trl_robust.audit.twins`).
+        ref_model: the reference the policy was trained against (path or loaded model), a causal LM: anything else
+            (a reward model, an encoder) is refused before loading, by its config's `architectures`. Required for a
+            full model; for a PEFT adapter, omitted means its base model (the adapter disabled).
         beta: β of z = β·Δ; use the β the policy was trained with. None = 0.1 (TRL's default). Refused for a reward
             model, whose margin has no β.
         batch_size: pairs per device per forward pass.
@@ -87,7 +86,8 @@ def audit_preferences(
             reward model, one of `trl_robust.reward_loss_types()`, as `RobustRewardTrainer` computes it.
         loss_hyperparameters: config values for that loss, e.g. ``{"ropo_alpha": 6.0}``.
         output_dir: if given, write `audit.jsonl`, `audit.csv`, `summary.md` and `z_histogram.png` there. An existing
-            non-empty directory is refused unless `overwrite` (then those four files are replaced, nothing else).
+            non-empty directory is refused unless `overwrite` (then those four files are replaced, nothing else), and
+            so is, before any scoring, one that could not be written (under a file, no permission).
         flip_column: name of a boolean column recording which labels are known to be flipped (as written by
             `trl_robust.data.flip_preferences`); if present, AUROC and precision@k are computed. None to ignore it.
         processing_class: the tokenizer; by default loaded from the policy's directory (or its base model's).
@@ -109,6 +109,8 @@ def audit_preferences(
         require_matplotlib("The audit's histogram (z_histogram.png in output_dir)", error=AuditInputError)
     policy, reference = resolve_models(model, ref_model)
     check_loss_type(loss_type, loss_hyperparameters, reward_model=policy.is_reward_model)
+    if isinstance(dataset, (str, os.PathLike)):
+        dataset = load_preference_split(dataset)
     flipped = check_dataset(dataset, flip_column)
     if policy.is_reward_model:
         if beta is not None:
@@ -133,12 +135,13 @@ def audit_preferences(
             show_progress=show_progress, dataset_num_proc=dataset_num_proc, trainer_dir=trainer_dir,
         )
 
-    z = beta * delta  # as TRL: `self.beta * delta_score`, in float32
+    twins = twin_groups(dataset)
+    z = beta * share_within_twins(delta, twins)  # as TRL: `self.beta * delta_score`, in float32
     loss_type = loss_type if loss_type not in (None, "sigmoid") else None
     noise = _estimate_noise(z)
     pairs = _ranked_pairs(z, {"dpo_loss": -F.logsigmoid(z)}, loss_type, extra, noise, flipped, flip_column)
     result = AuditResult(pairs=pairs, beta=float(beta), loss_type=loss_type, trl_metrics=trl_metrics,
-                         num_processes=accelerator.num_processes, noise_estimate=noise)
+                         num_processes=accelerator.num_processes, noise_estimate=noise, twins=twins)
     return _finish(result, z, flipped, flip_column, output_dir, policy, reference, n_rows, max_length,
                    accelerator.is_main_process, accelerator)
 
@@ -157,26 +160,28 @@ def _audit_reward_model(policy, dataset, flipped, *, batch_size, max_length, los
             loss_hyperparameters=loss_hyperparameters, processing_class=processing_class, dtype=dtype, use_cpu=use_cpu,
             show_progress=show_progress, dataset_num_proc=dataset_num_proc, trainer_dir=trainer_dir,
         )
+    twins = twin_groups(dataset)
+    chosen, rejected = share_within_twins(chosen, twins), share_within_twins(rejected, twins)
     z = chosen - rejected  # the reward model's margin, as TRL's `margin` metric (without the dataset's margin column)
     columns = {"reward_chosen": chosen, "reward_rejected": rejected, "bradley_terry_loss": -F.logsigmoid(z)}
     noise = _estimate_noise(z)
     pairs = _ranked_pairs(z, columns, loss_type, extra, noise, flipped, flip_column)
     result = AuditResult(pairs=pairs, beta=None, loss_type=loss_type, trl_metrics=trl_metrics,
-                         num_processes=accelerator.num_processes, noise_estimate=noise, model_kind="reward")
+                         num_processes=accelerator.num_processes, noise_estimate=noise, model_kind="reward", twins=twins)
     return _finish(result, z, flipped, flip_column, output_dir, policy, None, n_rows, max_length,
                    accelerator.is_main_process, accelerator)
 
 
 def _ranked_pairs(z, columns, loss_type, extra, noise, flipped, flip_column) -> list[dict]:
     """One dict per row, most suspicious (lowest z) first: rank, row, z, the per-pair `columns`, the registered loss,
-    p_flipped and the flip record where there are."""
+    p_flipped where the noise estimate can tell, and the flip record where there is one."""
     order = sorted(range(len(z)), key=lambda i: (z[i].item(), i))  # most suspicious first; ties by row
     pairs = []
     for rank, i in enumerate(order, start=1):
         pair = {"rank": rank, "row": i, "z": z[i].item(), **{name: values[i].item() for name, values in columns.items()}}
         if loss_type:
             pair[f"{loss_type}_loss"] = extra[i].item()
-        if noise is not None:
+        if noise is not None and not noise_cannot_tell(noise):  # a probability the estimate cannot back is left out
             pair["p_flipped"] = float(noise.p_flipped[i])
         if flipped is not None:
             pair[flip_column] = flipped[i]

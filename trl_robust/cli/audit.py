@@ -10,11 +10,13 @@ from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 
 from ..audit import AuditInputError, AuditResult, audit_preferences
-from ..audit.checks import check_loss_type, check_output_dir, check_settings, resolve_models
+from ..audit.checks import check_loss_type, check_output_dir, check_settings
+from ..audit.loading import FILE_BUILDERS, load_preference_split
+from ..audit.models import resolve_models
 from ..audit.result import CLEAN_MODES, DEFAULT_FLIP_COLUMN
 from ..filter.rules import n_suspected
-from ..paths import looks_like_local_path
 from ..registry import registered_hyperparameters
+from .usage import suggestion
 
 
 @dataclass
@@ -28,10 +30,14 @@ class AuditArguments:
                   "with no --ref_model and no --beta."}
     )
     dataset_name: str = field(
-        metadata={"help": "The preference data, as TRL's `--dataset_name`: a local directory or file, a Hub id, a "
-                  "directory written by `Dataset.save_to_disk`, or `builtin:tiny`."}
+        metadata={"help": "The preference data, as TRL's `--dataset_name`: a local directory of data files, a single "
+                  f"file ({', '.join(FILE_BUILDERS)}; it is the split audited), a Hub id, a directory written by "
+                  "`Dataset.save_to_disk`, or `builtin:tiny`."}
     )
-    output_dir: str = field(metadata={"help": "Where audit.jsonl, audit.csv, summary.md and z_histogram.png go."})
+    output_dir: str = field(
+        metadata={"help": "Where audit.jsonl, audit.csv, summary.md and z_histogram.png go (checked before scoring: it "
+                  "must be creatable and writable, and empty unless --overwrite_output_dir)."}
+    )
     ref_model: str | None = field(
         default=None,
         metadata={"help": "The reference the policy was trained against. Required for a full model; for a PEFT "
@@ -63,7 +69,9 @@ class AuditArguments:
         default=0.0,
         metadata={"help": "Clean-and-retrain: also write `cleaned/train.jsonl` in output_dir, the audited split with its "
                   "most suspicious pairs (this share, in [0, 1)) dropped or swapped; pass that directory as "
-                  "`--dataset_name` to retrain. 0 = write nothing more."},
+                  "`--dataset_name` to retrain. Identical pairs are cleaned together. Refused (exit 2, the audit's "
+                  "files written) when the ranking carries no information: every z the same, or the noise estimate "
+                  "cannot tell. 0 = write nothing more."},
     )
     clean_mode: str = field(
         default="drop",
@@ -90,28 +98,6 @@ def audit_arguments_class() -> type:
         for name, (kind, help_text) in _loss_flags().items()
     ]
     return make_dataclass("AuditArguments", extra, bases=(AuditArguments,))
-
-
-def _load_cli_dataset(args: AuditArguments):
-    from datasets import DatasetDict, load_dataset, load_from_disk
-
-    name = os.path.expanduser(args.dataset_name)
-    if looks_like_local_path(name) and not os.path.exists(name):
-        raise AuditInputError(f"dataset_name {args.dataset_name!r} does not exist")
-    if os.path.isdir(name) and os.path.isfile(os.path.join(name, "dataset_dict.json")):
-        dataset = load_from_disk(name)
-    elif os.path.isdir(name) and os.path.isfile(os.path.join(name, "state.json")):
-        return load_from_disk(name)
-    else:
-        try:
-            return load_dataset(name, name=args.dataset_config, split=args.dataset_train_split)
-        except ValueError as error:
-            if "split" in str(error).lower():
-                raise AuditInputError(f"dataset {args.dataset_name!r}: {error}") from None
-            raise
-    if not isinstance(dataset, DatasetDict) or args.dataset_train_split not in dataset:
-        raise AuditInputError(f"dataset {args.dataset_name!r} has no split {args.dataset_train_split!r}")
-    return dataset[args.dataset_train_split]
 
 
 def run_audit_command(args: AuditArguments, noise=None) -> AuditResult:
@@ -146,7 +132,7 @@ def run_audit_command(args: AuditArguments, noise=None) -> AuditResult:
     holder = SimpleNamespace(model_name_or_path=None, dataset_name=args.dataset_name)
     materialise_builtins(holder, holder)
     args.dataset_name = holder.dataset_name
-    dataset = _load_cli_dataset(args)
+    dataset = load_preference_split(args.dataset_name, args.dataset_config, args.dataset_train_split)
     if noise is not None and noise.flip_rate > 0:
         from ..data import flip_preferences
 
@@ -168,20 +154,32 @@ def run_audit_command(args: AuditArguments, noise=None) -> AuditResult:
     )
     from accelerate import PartialState
 
-    if PartialState().is_main_process:
+    is_main = PartialState().is_main_process
+    if is_main:
         print(result.summary)
         print(f"Wrote {', '.join(result.paths.values())}")
-        if args.clean_share > 0:
-            cleaned = result.cleaned(dataset, args.clean_share, args.clean_mode, flip_column=args.flip_column or None)
-            path = Path(args.output_dir) / "cleaned" / "train.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            cleaned.to_json(str(path))
-            result.paths["cleaned"] = str(path)
-            k = n_suspected(args.clean_share, len(dataset))
-            action = "without" if args.clean_mode == "drop" else "with chosen/rejected swapped on"
-            print(f"Wrote {path}: the {len(dataset)} pairs {action} the {k} most suspicious ({len(cleaned)} pairs); "
-                  f"retrain with --dataset_name {path.parent}")
+    if args.clean_share > 0:
+        # Every rank holds the same result, so every rank refuses alike (and exits alike).
+        reason = result.uninformative()
+        if reason is not None:
+            raise AuditInputError(f"--clean_share {args.clean_share:g}: no cleaned/train.jsonl written: {reason}. The "
+                                  f"audit's own files are in {args.output_dir}.")
+        if is_main:
+            _write_cleaned(result, dataset, args)
     return result
+
+
+def _write_cleaned(result: AuditResult, dataset, args) -> None:
+    rows = result.rows_to_clean(dataset, args.clean_share)
+    cleaned = result.cleaned(dataset, args.clean_share, args.clean_mode, flip_column=args.flip_column or None)
+    path = Path(args.output_dir) / "cleaned" / "train.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cleaned.to_json(str(path))
+    result.paths["cleaned"] = str(path)
+    action = "without" if args.clean_mode == "drop" else "with chosen/rejected swapped on"
+    twins = ", identical pairs together" if len(rows) > n_suspected(args.clean_share, len(dataset)) else ""
+    print(f"Wrote {path}: the {len(dataset)} pairs {action} the {len(rows)} most suspicious{twins} ({len(cleaned)} "
+          f"pairs); retrain with --dataset_name {path.parent}")
 
 
 def main(argv: list[str] | None = None, prog: str = "trl-robust audit") -> int:
@@ -193,14 +191,46 @@ def main(argv: list[str] | None = None, prog: str = "trl-robust audit") -> int:
     from .arguments import LabelNoiseArguments
 
     parser = HfArgumentParser((audit_arguments_class(), LabelNoiseArguments), prog=prog, description=description)
-    args, noise = parser.parse_args_into_dataclasses(argv)
     try:
-        run_audit_command(args, noise)
-    except AuditInputError as error:  # found alike on every rank, before any collective operation
+        # Unknown arguments come back instead of raising, so that they get one line, as `trl-robust dpo` gives them.
+        args, noise, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    except ValueError as error:  # a dataclass's own check of its values, e.g. `--flip_rate 2`
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
+    try:
+        if unknown:
+            raise AuditInputError(_unknown_arguments(unknown, parser, prog))
+        run_audit_command(args, noise)
+    except AuditInputError as error:  # found alike on every rank: before any collective operation, or from the result
+        print(f"{prog}: error: {error}", file=sys.stderr)  # every rank holds after the audit (the clean step's refusal)
+        code = 2
+    else:
+        code = 0
     from .distributed import end_distributed
 
-    end_distributed()
-    return 0
+    end_distributed(exit_code=code)  # outside a distributed run, nothing
+    return code
 
+
+def _unknown_arguments(unknown: list[str], parser, prog: str) -> str:
+    """One line for what the parser did not take: each unknown `--name`, with the closest argument of the audit, or
+    (for a training argument such as `--learning_rate`) a note that the audit trains nothing."""
+    names = [token.split("=", 1)[0] for token in unknown if token.startswith("-")]
+    if not names:
+        return f"unexpected argument {unknown[0]!r}: every value needs its `--name` before it"
+    from dataclasses import fields
+
+    from ..config import RobustDPOConfig
+
+    options = {option for action in parser._actions for option in action.option_strings}
+    training_only = {f"--{f.name}" for f in fields(RobustDPOConfig)} - options
+    problems = []
+    for name in names:
+        # The closest of both kinds: `--lerning_rate` is nearer `--learning_rate` than the audit's `--flip_rate`.
+        hint = suggestion(name, sorted(options | training_only))
+        if name in training_only:
+            hint = " (a training argument: the audit trains nothing)"
+        elif hint.removeprefix(" (did you mean ").removesuffix("?)").strip("'") in training_only:
+            hint = hint[:-1] + " That is a training argument: the audit trains nothing)"
+        problems.append(f"unknown argument {name!r}{hint}")
+    return f"{'; '.join(problems)}. `{prog} --help` lists the audit's arguments."

@@ -8,7 +8,7 @@ import sys
 import torch
 
 
-def end_distributed() -> None:
+def end_distributed(exit_code: int = 0) -> None:
     """End a distributed run (training, or an audit) once its work is done.
 
     With NCCL (GPUs) and any backend other than gloo: destroy the process group and return, so the interpreter exits
@@ -19,7 +19,8 @@ def end_distributed() -> None:
     script trainer's `end()` keeps the group (see `trl_robust.scripts.dpo`), every rank meets at a barrier once
     everything is written, the `atexit` handlers run (experiment trackers and uploads finish in them), the logs and
     streams are flushed, and the process leaves with `os._exit(0)` without running the gloo destructors.
-    Returns normally, doing nothing, outside a distributed run.
+    Returns normally, doing nothing, outside a distributed run. `exit_code`: what a gloo rank exits with (an audit
+    that refuses its clean step after scoring ends with 2).
     """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
@@ -31,4 +32,4 @@ def end_distributed() -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(exit_code)
