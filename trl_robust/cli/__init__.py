@@ -3,7 +3,7 @@
     trl-robust dpo [--config FILE.yaml] [ARGS...]   `trl dpo`, training with RobustDPOConfig / RobustDPOTrainer
     trl-robust reward [--config FILE.yaml] [ARGS...]  `trl reward`, with RobustRewardConfig / RobustRewardTrainer
     trl-robust env                                  what `trl env` prints, plus trl-robust's version
-    trl-robust demo [--flip_rate 0.4 ...]           DPO vs the robust losses on a built-in noisy task (CPU, offline)
+    trl-robust demo [--flip_rate 0.4 ...]           DPO, ROPO and ROPO auto on a built-in noisy task (CPU)
     trl-robust audit --model_name_or_path ...       rank preference pairs by how likely their label is wrong
     trl-robust COMMAND ...                          any other TRL command, run by `trl` unchanged (sft, grpo, ...)
 
@@ -12,6 +12,9 @@ this package is never imported, and it forwards every YAML key its dataclasses l
 which stops with "unrecognized arguments". `trl-robust dpo` parses with the same TRL parser plus our config and
 launches `trl_robust.scripts.dpo`, which runs TRL's own script body after `patch_trl()`. `trl-robust reward` is the
 same for `trl reward` (`trl_robust.scripts.reward`).
+
+What runs before the arguments are parsed is kept small: `--version` reads the versions from package metadata (no
+torch, transformers or TRL import), and each command imports only what it needs.
 """
 
 import argparse
@@ -44,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         from .audit import main as audit_main
 
         return audit_main(argv[1:])
+    if argv[:1] == ["--version"]:  # answered without importing TRL, transformers or torch
+        print(version_text())
+        return 0
     trl_commands = _trl_commands()
     is_option = command is None or command.startswith("-")
     if not is_option and (command in trl_commands or not trl_commands):  # TRL's (if its CLI is broken, fail as it)
@@ -134,19 +140,33 @@ def _trl_commands() -> dict[str, str]:
     return {command.name: command.help_text for command in get_commands()}
 
 
-def _help_parser(trl_commands: dict[str, str]) -> argparse.ArgumentParser:
-    import trl
+def version_text() -> str:
+    """"trl-robust 0.1.0 (trl 1.16.0)": TRL's version from its package metadata, which is what `trl.__version__` reads,
+    so that `trl-robust --version` need not import TRL (seconds: it pulls in torch and transformers)."""
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        trl_version = version("trl")
+    except PackageNotFoundError:
+        trl_version = "not installed"
+    return f"trl-robust {__version__} (trl {trl_version})"
+
+
+def _help_parser(trl_commands: dict[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trl-robust",
         description="TRL's command line with noise-robust DPO losses (ROPO, SymPO). Replace `trl` by `trl-robust`.",
     )
-    parser.add_argument("--version", action="version", version=f"trl-robust {__version__} (trl {trl.__version__})")
+    parser.add_argument("--version", action="version", version=version_text())
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     commands.add_parser("dpo", help="`trl dpo` with trl-robust's loss types (loss_type: ropo, ...) and fields")
     commands.add_parser("reward", help="`trl reward` with trl-robust's loss types (loss_type: sympo_sigmoid, ...)")
     commands.add_parser("env", help="what `trl env` prints, plus trl-robust's version")
-    commands.add_parser("demo", help="DPO vs ROPO vs SymPO on a built-in task with 40%% flipped labels (CPU, offline)")
+    commands.add_parser(
+        "demo",
+        help="DPO, ROPO and ROPO with `ropo_filter_ratio: auto` on a built-in task with 40%% flipped labels "
+        "(CPU, offline)",
+    )
     commands.add_parser("audit", help="rank preference pairs by how likely their label is wrong (noisy-pair audit)")
     for name, help_text in trl_commands.items():
         if name not in ("dpo", "reward", "env", "demo", "audit"):
