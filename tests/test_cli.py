@@ -1,8 +1,10 @@
 """The `trl-robust` command: the offline recipe end to end through the real command, errors before any model loads,
 launcher arguments split as `trl dpo` splits them, and TRL's other commands passed through."""
 
+import importlib.metadata
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +16,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 import trl_robust
-from trl_robust.cli import _trl_commands
+from trl_robust.cli import _help_parser, _trl_commands, training_command
 from trl_robust.cli import main as cli_main
 from trl_robust.cli.arguments import UsageError, make_parser, parse_dpo_args
 from trl_robust.registry import get_loss_spec, register_loss, registered_loss_types, unregister_loss
@@ -200,6 +202,44 @@ def test_malformed_yaml_is_reported_with_its_location(tmp_path, no_model_loading
 def test_missing_config_file_is_reported(tmp_path, no_model_loading):
     with pytest.raises(UsageError, match=r"Config file '.*nope\.yaml' does not exist"):
         parse_dpo_args(["--config", str(tmp_path / "nope.yaml")])
+
+
+def test_every_argument_mistake_is_reported_in_one_message(tmp_path, no_model_loading):
+    # argparse stops at the first value it cannot convert and the dataclasses at the first refusal: a user with eight
+    # mistakes would have run the command eight times, seconds of imports each.
+    recipe = {**VALID, "output_dir": str(tmp_path / "out"), "lerning_rate": 1e-6, "weight_decay": "lots"}
+    argv = ["--config", write_yaml(tmp_path / "recipe.yaml", recipe), "--bta", "2", "--loss_type", "ropoo",
+            "--ropo_alpha", "-1", "--learning_rate", "fast", "--flip_rate", "2", "--flip_mode", "sideways"]
+    with pytest.raises(UsageError) as error:
+        parse_dpo_args(argv)
+    expected = [
+        "unknown key 'lerning_rate' (did you mean 'learning_rate'?)",
+        "unknown argument '--bta' (did you mean '--beta'?)",
+        "argument --learning_rate: invalid float value: 'fast'",
+        "YAML key 'weight_decay': invalid float value: 'lots'",
+        "Unknown loss_type 'ropoo'. Did you mean 'ropo'?",
+        "`ropo_alpha` must be",
+        "`flip_rate` must be in [0, 1)",
+        "`flip_mode` must be one of ['symmetric', 'prefer_longer'], got 'sideways'",
+    ]
+    message = str(error.value)
+    assert message.startswith(f"{len(expected)} problems:\n  - ")
+    for fragment in expected:
+        assert sum(fragment in problem for problem in error.value.problems) == 1, fragment
+    assert len(error.value.problems) == len(expected)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_command_reports_the_issues_example_of_several_mistakes_at_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = training_command(["--lerning_rate", "1", "--bta", "2", "--loss_type", "ropoo"], "dpo")
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("trl-robust dpo: error: 4 problems:\n"), err
+    for fragment in ("unknown argument '--lerning_rate' (did you mean '--learning_rate'?)",
+                     "unknown argument '--bta' (did you mean '--beta'?)", "Unknown loss_type 'ropoo'",
+                     "`model_name_or_path` is required", "No dataset: set `dataset_name`"):
+        assert fragment in err
+    assert "Traceback" not in err and "usage:" not in err
 
 
 def test_command_reports_bad_input_in_one_message_without_launching(tmp_path):
@@ -407,6 +447,51 @@ def test_resume_true_through_the_command_continues_from_the_latest_complete_chec
     assert_same_weights(out, full_dir)
 
 
+# --- the environment the training processes will read ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("through_yaml", [False, True], ids=["environment", "yaml-env"])
+def test_a_bad_version_check_or_an_unusable_cache_is_one_message_before_launching(
+    tmp_path, capsys, monkeypatch, no_model_loading, launched, through_yaml
+):
+    # Read only in the training processes, they gave one traceback per rank (also when set by the YAML's `env:`,
+    # which TRL copies into every process's environment).
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    env = {"TRL_ROBUST_VERSION_CHECK": "strict", "TRL_ROBUST_CACHE": str(blocker / "cache")}
+    for name in env:  # whatever the test sets, it is removed afterwards
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    recipe = {**VALID, "model_name_or_path": "builtin:tiny", "dataset_name": "builtin:tiny",
+              "output_dir": str(tmp_path / "out"), **({"env": env} if through_yaml else {})}
+    if not through_yaml:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+    code = training_command(["--config", write_yaml(tmp_path / "recipe.yaml", recipe)], "dpo")
+    err = capsys.readouterr().err
+    assert code == 2 and not launched and err.startswith("trl-robust dpo: error: 2 problems:"), err
+    assert "environment variable TRL_ROBUST_VERSION_CHECK='strict': use one of warn, error, ignore" in err
+    assert f"TRL_ROBUST_CACHE: the built-in 'builtin:tiny' is written to {blocker / 'cache'}" in err
+    assert f"but {blocker} is a file, not a folder" in err
+    assert err.count("(set by the YAML file's `env:`)") == (2 if through_yaml else 0)
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_an_unwritable_cache_is_refused_only_while_a_built_in_is_missing_from_it(tmp_path, monkeypatch, no_model_loading):
+    from trl_robust import builtin
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("TRL_ROBUST_CACHE", str(cache))
+    real_access = os.access  # as for a user without write access there (root may write anywhere)
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: not str(path).startswith(str(cache)) and real_access(path, mode, **kw))
+    recipe = write_yaml(tmp_path / "recipe.yaml", {**VALID, "model_name_or_path": "builtin:tiny"})
+    with pytest.raises(UsageError, match=f"but {cache} is not writable"):
+        parse_dpo_args(["--config", recipe])
+    builtin.model_path("builtin:tiny")  # built once (as another user could have); then it is only read
+    assert parse_dpo_args(["--config", recipe]).model_args.model_name_or_path == "builtin:tiny"
+
+
 # --- what goes to `accelerate launch`, what to the training module --------------------------------------------------
 
 
@@ -517,6 +602,28 @@ def test_help_lists_every_loss_type_and_the_accelerate_launch_options(capsys):
         assert f"\n  {option}" not in launcher_help, option
 
 
+def option_line(lines: list[str], option: str) -> int:
+    """The help line that lists `option` (not one that mentions it in a help text)."""
+    return next(i for i, line in enumerate(lines) if re.match(rf"\s+{option}(\s|,|$)", line))
+
+
+def test_dpo_help_starts_with_an_example_and_the_trl_robust_options():
+    lines = make_parser().format_help().splitlines()
+    robust = next(i for i, line in enumerate(lines) if line.startswith("trl-robust: loss type"))
+    noise = next(i for i, line in enumerate(lines) if line.startswith("trl-robust: label noise"))
+    trl_fields = option_line(lines, "--learning_rate")  # TRL's training arguments, 200 of them
+    examples = [line for line in lines[:robust] if line.lstrip().startswith("trl-robust dpo --")]
+    assert len(examples) >= 2 and robust < 30, lines[:robust]
+    for recipe in re.findall(r"recipes/\S+\.yaml", "\n".join(examples)):
+        assert (REPO / recipe).is_file(), recipe
+    ours = ["--loss_type", "--ropo_alpha", "--sympo_reward_clip", "--drdpo_beta_prime", "--label_smoothing",
+            "--ropo_filter_ratio", "--ropo_filter_scope", "--non_finite_margins"]
+    assert robust < option_line(lines, "--loss_type") < min(option_line(lines, o) for o in ours[1:])
+    assert max(option_line(lines, option) for option in ours) < noise
+    assert noise < min(option_line(lines, o) for o in ("--flip_rate", "--flip_seed", "--flip_mode")) < trl_fields
+    assert "ropo" in lines[option_line(lines, "--loss_type") + 1]  # with its robust values
+
+
 def test_help_lists_trl_fields_and_robust_fields():
     help_text = make_parser().format_help()
     for option in ("--dataset_name", "--learning_rate", "--use_peft", "--load_in_4bit", "--ropo_alpha"):
@@ -525,6 +632,25 @@ def test_help_lists_trl_fields_and_robust_fields():
 
 
 # --- the other commands ---------------------------------------------------------------------------------------------
+
+
+def test_top_level_help_describes_the_demo_as_it_runs():
+    from trl_robust.experiments.demo import DEMO_METHODS
+
+    help_text = " ".join(_help_parser({}).format_help().split())
+    demo = help_text.split(" demo ", 1)[1].split(" audit ", 1)[0]
+    assert DEMO_METHODS == ["DPO", "ROPO", "ROPO auto"]  # what the description below says
+    assert "DPO, ROPO and ROPO with `ropo_filter_ratio: auto`" in demo and "SymPO" not in demo
+
+
+def test_version_and_the_package_import_need_neither_torch_nor_trl():
+    # `trl-robust --version` took seconds importing torch, transformers and TRL to print two version numbers.
+    code = ("import sys; from trl_robust.cli import main; main(['--version']); import trl_robust; "
+            "print(sorted(m for m in ('torch', 'transformers', 'trl', 'accelerate', 'datasets') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    trl_version = importlib.metadata.version("trl")
+    assert result.stdout.splitlines() == [f"trl-robust {trl_robust.__version__} (trl {trl_version})", "[]"]
 
 
 def test_other_commands_behave_exactly_as_trl(tmp_path):

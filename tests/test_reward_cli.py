@@ -4,6 +4,7 @@ any model is loaded."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,35 @@ def test_bad_reward_arguments_fail_before_anything_is_loaded(tmp_path):
     # `beta` is DPO's: the reward parser refuses it by name instead of handing it to accelerate.
     with pytest.raises(UsageError, match="unknown argument '--beta'"):
         parse_reward_args(["--config", recipe, "--beta", "0.1"])
+
+
+def test_several_reward_mistakes_are_reported_together():
+    recipe = str(REPO / "recipes" / "reward_sympo_sigmoid.yaml")
+    with pytest.raises(UsageError) as error:
+        parse_reward_args(["--config", recipe, "--loss_type", "sigmoid", "--ropo_alpah", "3", "--flip_rate", "1",
+                           "--max_steps", "two"])
+    expected = ["called 'bradley_terry' here", "'--ropo_alpah' (did you mean '--ropo_alpha'?)",
+                "`flip_rate` must be in [0, 1)", "argument --max_steps: invalid int value: 'two'"]
+    assert len(error.value.problems) == len(expected)
+    for fragment in expected:
+        assert sum(fragment in problem for problem in error.value.problems) == 1, fragment
+
+
+def test_reward_help_starts_with_an_example_and_the_trl_robust_options():
+    lines = make_parser("trl-robust reward", "reward").format_help().splitlines()
+
+    def option_line(option):
+        return next(i for i, line in enumerate(lines) if re.match(rf"\s+{option}(\s|,|$)", line))
+
+    robust = next(i for i, line in enumerate(lines) if line.startswith("trl-robust: loss type"))
+    noise = next(i for i, line in enumerate(lines) if line.startswith("trl-robust: label noise"))
+    examples = [line for line in lines[:robust] if line.lstrip().startswith("trl-robust reward --")]
+    assert examples and robust < 30
+    for recipe in re.findall(r"recipes/\S+\.yaml", "\n".join(examples)):
+        assert (REPO / recipe).is_file(), recipe
+    ours = ["--loss_type", "--sympo_reward_clip", "--ropo_alpha", "--label_smoothing", "--ropo_filter_ratio"]
+    assert robust < option_line("--loss_type") < min(option_line(o) for o in ours[1:])
+    assert max(option_line(o) for o in ours) < noise < option_line("--flip_rate") < option_line("--learning_rate")
 
 
 def test_reward_help_lists_the_reward_loss_types():

@@ -41,10 +41,38 @@ def _package_version() -> str:
         return "dev"
 
 
+CACHE_ENV = "TRL_ROBUST_CACHE"
+
+
 def cache_dir() -> Path:
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trl-robust"
     # Versioned: a later release may build a different tiny model under the same name.
-    return Path(os.environ.get("TRL_ROBUST_CACHE", default)) / _package_version()
+    return Path(os.environ.get(CACHE_ENV, default)) / _package_version()
+
+
+def cache_problem(script_args, model_args) -> str | None:
+    """Why the built-in model or dataset named in these arguments cannot be written to the cache (None if it can, or is
+    there already): the nearest existing folder on the way is a file, or not writable. `trl-robust dpo|reward` asks
+    before launching, so that an unusable `TRL_ROBUST_CACHE` is one message rather than a traceback in every training
+    process."""
+    wanted = [("models", model_args.model_name_or_path, MODELS), ("datasets", script_args.dataset_name, DATASETS)]
+    for kind, name, known in wanted:
+        if name not in known:
+            continue
+        target = cache_dir() / kind / name.removeprefix(PREFIX)  # where `_materialise` builds it
+        if target.is_dir():
+            continue  # built before: only read
+        existing = target.parent
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+            continue
+        why = "is a file, not a folder" if existing.exists() and not existing.is_dir() else "is not writable"
+        return (
+            f"{CACHE_ENV}: the built-in {name!r} is written to {target.parent} on first use, but {existing} {why}. "
+            f"Set {CACHE_ENV} to a folder you can write to (default: ~/.cache/trl-robust)."
+        )
+    return None
 
 
 def _materialise(kind: str, name: str, build) -> str:

@@ -16,7 +16,10 @@ training process we check here, before any model is loaded:
 - an `output_dir` that is a file, or that already holds files, unless the run resumes from a checkpoint or
   `overwrite_output_dir` is set (the rule of transformers' example scripts; transformers 5 dropped the field);
 - a `resume_from_checkpoint` that is missing, not a directory, or incomplete (cut short while saving); `true` (YAML's,
-  or the words true/yes/on on the command line, which TRL's parser leaves a string) becomes the latest complete one.
+  or the words true/yes/on on the command line, which TRL's parser leaves a string) becomes the latest complete one;
+- a `TRL_ROBUST_VERSION_CHECK` or `TRL_ROBUST_CACHE` the training processes could not use (also when the YAML's `env:`
+  sets it), which each process would otherwise report with a traceback of its own.
+Every problem found is reported in one message (`usage.Problems`): argparse and the dataclasses stop at the first.
 """
 
 import os
@@ -25,14 +28,14 @@ from pathlib import Path
 
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
 
-from .. import builtin
+from .. import builtin, compat
 from ..config import RobustDPOConfig
 from ..data import FLIP_MODES
 from ..paths import looks_like_local_path
-from ..registry import available_loss_types, registered_loss_types
-from ..reward.config import RobustRewardConfig, reward_loss_types
-from . import checkpoints, config_file, launcher
-from .usage import UsageError, dataclass_keys, field_of, suggestion
+from ..reward.config import RobustRewardConfig
+from . import checkpoints, config_file, help_layout, launcher
+from .parser import CommandParser, bad_values
+from .usage import Problems, UsageError, dataclass_keys, field_of, suggestion
 
 
 @dataclass
@@ -57,10 +60,12 @@ class LabelNoiseArguments:
     )
 
     def __post_init__(self):
+        problems = Problems()
         if not 0 <= self.flip_rate < 1:
-            raise ValueError(f"`flip_rate` must be in [0, 1) (the fraction of pairs to flip), got {self.flip_rate}.")
+            problems.add(f"`flip_rate` must be in [0, 1) (the fraction of pairs to flip), got {self.flip_rate}.")
         if self.flip_mode not in FLIP_MODES:
-            raise ValueError(f"`flip_mode` must be one of {list(FLIP_MODES)}, got {self.flip_mode!r}.")
+            problems.add(f"`flip_mode` must be one of {list(FLIP_MODES)}, got {self.flip_mode!r}.")
+        problems.raise_any()  # both, where both are wrong
 
 
 @dataclass
@@ -112,45 +117,22 @@ class DPOArguments:
         return self.script_args, self.training_args, self.model_args, self.dataset_args
 
 
-class _DPOParser(TrlParser):
-    """TRL's parser; its help ends with the `accelerate launch` options, which it hands on without declaring them
-    (declared, they would come back from `parse_args_and_config` as one more namespace). `command` names the
-    `trl-robust` command it parses for, in its messages."""
-
-    command = "dpo"
-
-    def format_help(self) -> str:
-        return super().format_help() + launcher.help_text(self)
-
-
 def make_parser(prog: str = "trl-robust dpo", command: str = "dpo") -> TrlParser:
     """TRL's `trl dpo` (or `trl reward`) parser, with the robust config (so `--help` lists `ropo_alpha`,
-    `sympo_reward_clip`)."""
+    `sympo_reward_clip`), an example and trl-robust's options first in its help (`help_layout`)."""
     # A short usage line: argparse's default would list several hundred options before every error message.
-    parser = _DPOParser(
-        dataclass_types(command), prog=prog, usage="%(prog)s [--config FILE.yaml] [--ARGUMENT VALUE ...]"
+    parser = CommandParser(
+        dataclass_types(command),
+        prog=prog,
+        usage="%(prog)s [--config FILE.yaml] [--ARGUMENT VALUE ...]",
+        description=help_layout.EXAMPLES[command],
+        formatter_class=help_layout.HelpFormatter,
     )
     parser.command = command
-    _describe_loss_types(parser)
+    parser.value_problems, parser.built = [], None
+    help_layout.describe_loss_types(parser)
+    help_layout.group_robust_options(parser, command)
     return parser
-
-
-def _describe_loss_types(parser: TrlParser) -> None:
-    """`--loss_type`'s help is TRL's, which lists TRL's built-ins only; list every name `loss_type` accepts here,
-    including those registered (`register_loss`) before the parser was made."""
-    (action,) = [action for action in parser._actions if action.dest == "loss_type"]
-    if parser.command == "reward":
-        action.help = (
-            f"Per-pair loss of the reward margin r_chosen − r_rejected (− margin): {', '.join(reward_loss_types())}. "
-            "`bradley_terry` is TRL's loss (the default)."
-        )
-        return
-    ours = registered_loss_types()
-    builtins = [name for name in available_loss_types() if name not in ours]
-    action.help = (
-        f"Type of loss to use. trl-robust's: {', '.join(ours)}. TRL's built-ins: {', '.join(builtins)}. "
-        "Several types are combined with the weights in `loss_weights`."
-    )
 
 
 def parse_dpo_args(argv: list[str], prog: str = "trl-robust dpo", check_output_dir: bool = True) -> DPOArguments:
@@ -174,28 +156,54 @@ def parse_command_args(argv: list[str], command: str, prog: str, check_output_di
     argv = config_file.split_assignment(list(argv))
     parser = make_parser(prog, command)
     config_path = config_file.path_given(argv)
-    config = config_file.read(config_path) if config_path is not None else {}
+    config = config_file.read(config_path) if config_path is not None else {}  # nothing else to check without it
     launch_options = launcher.options()
-    _check_config_keys(config, parser, launch_options, config_path)
+    problems = Problems()
+    with problems.collecting():
+        _check_config_keys(config, parser, launch_options, config_path)
+    if "-h" not in argv and "--help" not in argv:  # the help comes first, whatever else is wrong
+        problems.extend(bad_values(parser, argv))  # and `argv` keeps the others, to check them too
 
     command_line = config_file.without_flag(argv)
-    _, cli_launch_args = parser.parse_known_args(command_line)  # what the dataclasses do not take (handles --help)
-    cli_launch = launcher.on_off_flags(cli_launch_args, launch_options)
-    config_launch = launcher.config_args(config, parser, launch_options)
-    launch_args = launcher.check_args(config_launch + cli_launch, parser, launch_options)
+    cli_launch_args = launch_args = []
+    with problems.collecting():  # what the dataclasses do not take (and --help)
+        _, cli_launch_args = parser.parse_known_args(command_line)
+    cli_launch = cli_launch_args
+    with problems.collecting():
+        cli_launch = launcher.on_off_flags(cli_launch_args, launch_options)
+    with problems.collecting():
+        config_launch = launcher.config_args(config, parser, launch_options)
+        launch_args = launcher.check_args(config_launch + cli_launch, parser, launch_options)
 
+    built = [None] * len(parser.dataclass_types)
     try:
-        *dataclasses, _ = parser.parse_args_and_config(argv, return_remaining_strings=True)
-    except ValueError as error:  # from a dataclass's __post_init__: unknown loss type, inconsistent values, ...
-        raise UsageError(str(error)) from error
-    script_args, training_args, model_args, dataset_args, noise_args, *output_args = dataclasses
-    _check_sources(script_args, model_args, dataset_args)
-    checkpoints.check_output_dir_is_a_directory(Path(training_args.output_dir))
-    resume_from_latest = checkpoints.resumes_from_latest(training_args.resume_from_checkpoint)
-    notices = checkpoints.resolve_resume(training_args)
-    if check_output_dir:
-        overwrite = (output_args[0] if output_args else training_args).overwrite_output_dir
-        checkpoints.check_output_dir(training_args, overwrite)
+        *built, _ = parser.parse_args_and_config(argv, return_remaining_strings=True)
+    except UsageError as error:  # from the dataclasses' __post_init__: unknown loss type, inconsistent values, ...
+        problems.extend(parser.value_problems)
+        problems.add(error)
+        built = parser.built or built
+    except ValueError as error:  # from TRL's parser (an `env:` that is not a mapping)
+        problems.add(error)
+    else:
+        problems.extend(parser.value_problems)
+    script_args, training_args, model_args, dataset_args, noise_args, *output_args = built
+    if None not in (script_args, model_args, dataset_args):
+        _check_sources(script_args, model_args, dataset_args, problems)
+        _check_environment(config, script_args, model_args, problems)
+    notices, resume_from_latest = [], False
+    if training_args is not None:
+        with problems.collecting():
+            checkpoints.check_output_dir_is_a_directory(Path(training_args.output_dir))
+        resume_from_latest = checkpoints.resumes_from_latest(training_args.resume_from_checkpoint)
+        resolved = len(problems.found)
+        with problems.collecting():
+            notices = checkpoints.resolve_resume(training_args)
+        resolved = len(problems.found) == resolved
+        if check_output_dir and resolved:  # (where no checkpoint was found, a full `output_dir` says nothing more)
+            with problems.collecting():
+                overwrite = (output_args[0] if output_args else training_args).overwrite_output_dir
+                checkpoints.check_output_dir(training_args, overwrite)
+    problems.raise_any()
     script_argv = _remove_subsequence(argv, cli_launch_args)
     if resume_from_latest:  # every training process resumes from the checkpoint chosen here (the last flag wins)
         script_argv += ["--resume_from_checkpoint", training_args.resume_from_checkpoint]
@@ -232,30 +240,56 @@ def _check_config_keys(config: dict, parser: TrlParser, launch_options: dict, pa
 # --- model and dataset ----------------------------------------------------------------------------------------------
 
 
-def _check_sources(script_args, model_args, dataset_args) -> None:
+def _check_sources(script_args, model_args, dataset_args, problems: Problems) -> None:
     if not model_args.model_name_or_path:
-        raise UsageError(
+        problems.add(
             "`model_name_or_path` is required: a Hub model id, a local directory, or 'builtin:tiny' (offline)."
         )
     if not script_args.dataset_name and not dataset_args.datasets:
-        raise UsageError(
+        problems.add(
             "No dataset: set `dataset_name` (a Hub dataset id, a local path, or 'builtin:tiny') or a `datasets` "
             "mixture."
         )
-    _check_source("model_name_or_path", model_args.model_name_or_path, builtin.MODELS)
-    if script_args.dataset_name:
-        _check_source("dataset_name", script_args.dataset_name, tuple(builtin.DATASETS))
+    with problems.collecting():
+        _check_source("model_name_or_path", model_args.model_name_or_path, builtin.MODELS)
+    with problems.collecting():
+        if script_args.dataset_name:
+            _check_source("dataset_name", script_args.dataset_name, tuple(builtin.DATASETS))
     for index, dataset in enumerate(dataset_args.datasets):
-        _check_source(f"datasets[{index}].path", dataset.path, ())
+        with problems.collecting():
+            _check_source(f"datasets[{index}].path", dataset.path, ())
 
 
-def _check_source(field: str, value: str, builtin_names: tuple[str, ...]) -> None:
+def _check_source(field: str, value: str | None, builtin_names: tuple[str, ...]) -> None:
+    if not value:
+        return
     if builtin.is_builtin(value):
         if value not in builtin_names:
             available = ", ".join(repr(n) for n in builtin_names) or "none"
             raise UsageError(f"`{field}`: unknown built-in name {value!r}; available here: {available}.")
     elif looks_like_local_path(value) and not Path(value).expanduser().exists():
         raise UsageError(f"`{field}`: {value!r} is a local path that does not exist (in {os.getcwd()}).")
+
+
+# --- the environment of the training processes ----------------------------------------------------------------------
+
+
+def _check_environment(config: dict, script_args, model_args, problems: Problems) -> None:
+    """What the training processes read from the environment, checked once here instead of failing with a traceback
+    in each of them: `TRL_ROBUST_VERSION_CHECK`, and `TRL_ROBUST_CACHE` where a `builtin:` name is to be built in it.
+    TRL's parser has already copied the YAML's `env:` mapping into this process's environment, as into theirs."""
+    from_yaml = config.get("env") if isinstance(config.get("env"), dict) else {}
+
+    def origin(variable: str) -> str:
+        return " (set by the YAML file's `env:`)" if variable in from_yaml else ""
+
+    try:
+        compat.version_check_policy()
+    except ValueError as error:
+        problems.add(f"environment variable {error}{origin(compat.VERSION_CHECK_ENV)}")
+    unwritable = builtin.cache_problem(script_args, model_args)
+    if unwritable:
+        problems.add(f"{unwritable}{origin(builtin.CACHE_ENV)}")
 
 
 def _remove_subsequence(tokens: list[str], subsequence: list[str]) -> list[str]:

@@ -4,17 +4,19 @@ accelerate's own parser and validator before anything starts, and listed at the 
 import argparse
 import copy
 import logging
+import re
 from importlib import resources
 from pathlib import Path
 
 from accelerate.commands.launch import launch_command_parser
 from trl import TrlParser
 
-from .usage import UsageError, bool_word, dataclass_keys, field_of, suggestion
+from .usage import Problems, UsageError, bool_word, dataclass_keys, field_of, suggestion
 
 # Handled by TRL's launcher (trl/cli/accelerate_config.py): a shipped accelerate config by name, or a file.
 ACCELERATE_CONFIG_OPTION = "--accelerate_config"
 _SCRIPT_PLACEHOLDER = "<training-script>"
+_OPTION = re.compile(r"--?[A-Za-z]")  # `--name` or `-n`, not a value such as `-1`
 
 
 def options() -> dict:
@@ -75,27 +77,42 @@ def _on_off_value(option: str, value) -> bool:
 
 
 def check_args(launch_args: list[str], parser: TrlParser, launcher: dict) -> list[str]:
-    """Validate launcher arguments with accelerate's own parser; return them with `--accelerate_config` resolved."""
+    """Validate launcher arguments with accelerate's own parser; return them with `--accelerate_config` resolved.
+    Reports every unknown name and every bad value at once (`UsageError.problems`)."""
     resolved = resolve_accelerate_config(launch_args)
+    problems = Problems()
+    # An unknown name is found before accelerate parses: there its value would become the training script, and the
+    # rest that script's arguments (`--lerning_rate 1 --bta 2` hid `--bta`). It goes with its value, if it has one.
+    known, unknown, index = [], [], 0
+    while index < len(resolved):
+        name = resolved[index].split("=", 1)[0]
+        index += 1
+        if not _OPTION.match(name) or name in launcher:
+            known.append(resolved[index - 1])
+            continue
+        unknown.append(name)
+        if "=" not in resolved[index - 1] and index < len(resolved) and not _OPTION.match(resolved[index]):
+            index += 1
+    if unknown:
+        options = sorted({o for a in parser._actions for o in a.option_strings} | set(launcher))
+        listed = "; ".join(f"unknown argument {name!r}{suggestion(name, options)}" for name in unknown)
+        problems.add(
+            f"{listed}. An argument must be {field_of(parser)} or an `accelerate launch` option; "
+            f"`trl-robust {parser.command} --help` lists the fields."
+        )
     accelerate_parser = launch_command_parser()
     accelerate_parser.exit_on_error = False  # raise, so the message comes out as ours, not after accelerate's usage
     try:
         # The placeholder stands where the training module goes; a stray value before it would take its place.
-        namespace, unknown = accelerate_parser.parse_known_args([*resolved, _SCRIPT_PLACEHOLDER])
+        namespace, _ = accelerate_parser.parse_known_args([*known, _SCRIPT_PLACEHOLDER])
     except Exception as error:  # argparse.ArgumentError: e.g. `--num_processes two`
-        raise UsageError(f"accelerate launch: {error}") from error
-    if unknown:
-        options = sorted({o for a in parser._actions for o in a.option_strings} | set(launcher))
-        names = [token.split("=", 1)[0] for token in unknown if token.startswith("-")] or unknown
-        problems = "; ".join(f"unknown argument {name!r}{suggestion(name, options)}" for name in names)
-        raise UsageError(
-            f"{problems}. An argument must be {field_of(parser)} or an `accelerate launch` option; "
-            f"`trl-robust {parser.command} --help` lists the fields."
-        )
-    if namespace.training_script != _SCRIPT_PLACEHOLDER:
-        stray = namespace.training_script
-        hint = f" Did you mean `--config {stray}`?" if stray.endswith((".yaml", ".yml")) else ""
-        raise UsageError(f"unexpected argument {stray!r}: every value needs its `--name` before it.{hint}")
+        problems.add(f"accelerate launch: {error}")
+    else:
+        if namespace.training_script != _SCRIPT_PLACEHOLDER:
+            stray = namespace.training_script
+            hint = f" Did you mean `--config {stray}`?" if stray.endswith((".yaml", ".yml")) else ""
+            problems.add(f"unexpected argument {stray!r}: every value needs its `--name` before it.{hint}")
+    problems.raise_any()
     return resolved
 
 

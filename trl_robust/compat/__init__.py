@@ -78,11 +78,22 @@ def is_supported_trl(version: str | None = None) -> bool:
     return SUPPORTED_TRL.contains(Version(version or installed_trl_version()), prereleases=True)
 
 
+def version_check_policy() -> str:
+    """`TRL_ROBUST_VERSION_CHECK` as a policy (warn, error or ignore; unset: warn), or a `ValueError` naming the
+    variable, its value and the valid ones. `trl-robust dpo|reward` calls it before launching, so that a bad value is
+    one message there rather than a traceback in every training process."""
+    value = os.environ.get(VERSION_CHECK_ENV, "warn")
+    policy = value.strip().lower() or "warn"
+    if policy not in _VERSION_CHECK_POLICIES:
+        raise ValueError(
+            f"{VERSION_CHECK_ENV}={value!r}: use one of {', '.join(_VERSION_CHECK_POLICIES)}, or unset it (warn)."
+        )
+    return policy
+
+
 def check_trl_version() -> None:
     """Warn (or, with `TRL_ROBUST_VERSION_CHECK=error`, raise) if the installed TRL is outside the tested range."""
-    policy = os.environ.get(VERSION_CHECK_ENV, "warn").strip().lower() or "warn"
-    if policy not in _VERSION_CHECK_POLICIES:
-        raise ValueError(f"{VERSION_CHECK_ENV}={policy!r}: use one of {', '.join(_VERSION_CHECK_POLICIES)}.")
+    policy = version_check_policy()
     if policy == "ignore" or is_supported_trl():
         return
     message = (
