@@ -128,3 +128,29 @@ def _slug(heading: str) -> str:
     """The anchor GitHub and MkDocs' toc extension make of a heading: lower case, punctuation dropped, spaces -> -."""
     heading = re.sub(r"[^\w\s-]", "", heading.lower())
     return re.sub(r"\s", "-", heading.strip())
+
+
+def _ignored_top_level_dirs() -> list[str]:
+    """The root-anchored directory patterns of .gitignore (`/name/`, globs allowed), as fnmatch patterns."""
+    lines = (REPO / ".gitignore").read_text().splitlines()
+    return [line.strip("/") for line in lines if line.startswith("/") and line.endswith("/")]
+
+
+def test_what_the_readme_and_the_recipes_write_into_the_checkout_is_git_ignored():
+    # A newcomer runs the README's commands from the checkout's root: what they write must not show up as changes.
+    import fnmatch
+
+    from trl_robust.experiments.demo import DemoArguments
+
+    text = README.read_text() + (REPO / "recipes" / "clean_and_retrain.sh").read_text()
+    written = {DemoArguments().output_dir}
+    written |= set(re.findall(r'OUT="\$\{OUT:-([^}]+)\}"', text))  # clean_and_retrain.sh's default OUT
+    written |= set(re.findall(r"--output_dir ([\w./-]+)", text))  # the README's commands (not the script's $OUT/...)
+    written |= set(re.findall(r'output_dir="([^"]+)"', text))  # the README's Python examples
+    for recipe in (REPO / "recipes").glob("*.yaml"):
+        written |= set(re.findall(r"^output_dir: (\S+)", recipe.read_text(), re.M))
+    assert {"trl-robust-demo", "clean-and-retrain", "tiny-cli"} <= written  # the search found what it looks for
+    patterns = _ignored_top_level_dirs()
+    for path in sorted(written):
+        top = path.strip("/").split("/")[0]
+        assert any(fnmatch.fnmatch(top, pattern) for pattern in patterns), f"{path} is not git-ignored"
