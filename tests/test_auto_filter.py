@@ -11,11 +11,14 @@ import pytest
 import torch
 from datasets import Dataset
 from transformers import TrainerCallback
+from trl import DPOTrainer
 
 from trl_robust import RobustDPOConfig, RobustDPOTrainer
 from trl_robust.data import flip_preferences
 from trl_robust.noise import estimate_noise
 from trl_robust.filter.auto import FLOOR, UNIDENTIFIED, auto_filter_ratio, estimate_flip_rate
+from trl_robust.filter.columns import rows_indexed_for_the_filter
+from trl_robust.filter.state import check_resumed_rows
 from trl_robust.tiny import tiny_preference_records
 
 from .conftest import assert_same_logged_steps, logged_steps_worker, run_two_ranks, train_args
@@ -212,15 +215,39 @@ def test_auto_warns_that_a_one_epoch_run_filters_nothing(tiny_model_path, tmp_pa
         trainer.train()
 
 
-def run_auto(tiny_model_path, output_dir, resume=None, callbacks=(), **overrides):
-    """8 epochs of 4 steps on 32 pairs; checkpoints every 6 steps (inside epochs 1 and 4, and at the end of epoch 2)."""
+def run_auto(tiny_model_path, output_dir, resume=None, callbacks=(), eval_dataset=None, **overrides):
+    """6 epochs of 4 steps on 32 pairs; checkpoints every 6 steps (inside epochs 1 and 4, and at the end of epoch 2)."""
     values = dict(output_dir=str(output_dir), per_device_train_batch_size=8, per_device_eval_batch_size=8,
                   num_train_epochs=6, learning_rate=0.05, save_strategy="steps", save_steps=6, logging_strategy="steps",
                   logging_steps=1)
     args = auto_args(output_dir.parent, 8, **{**values, **overrides})
-    trainer = RobustDPOTrainer(model=tiny_model_path, args=args, train_dataset=noisy_pairs(32), callbacks=list(callbacks))
+    trainer = RobustDPOTrainer(model=tiny_model_path, args=args, train_dataset=noisy_pairs(32),
+                               eval_dataset=eval_dataset, callbacks=list(callbacks))
     trainer.train(resume_from_checkpoint=resume)
     return trainer
+
+
+def saved_epoch_filter(checkpoint) -> dict:
+    saved = json.loads((checkpoint / "trainer_state.json").read_text())
+    return saved["stateful_callbacks"]["trl_robust.RopoEpochFilter"]["attributes"]
+
+
+def assert_resumed_as_uninterrupted(full, resumed, checkpoint):
+    """Every step after `checkpoint` logs the same loss, filtered share, estimate and ratio, and the models end equal."""
+    def by_step(trainer):
+        return {e["step"]: e for e in trainer.state.log_history if "loss" in e}
+
+    before, after = by_step(full), by_step(resumed)
+    keys = ["loss", "ropo/filtered_frac", "noise/estimated_flip_rate", "noise/filter_ratio"]
+    estimated = [step for step in before if "noise/estimated_flip_rate" in before[step]]
+    assert estimated == list(range(5, max(before), 4))  # the first step of each epoch from the second on
+    for step in range(checkpoint + 1, max(before) + 1):
+        for key in keys:
+            if key in before[step] or key in after[step]:
+                assert after[step][key] == pytest.approx(before[step][key], rel=1e-4, abs=1e-6), (step, key)
+    for (name, p_full), (_, p_resumed) in zip(full.model.named_parameters(), resumed.model.named_parameters(),
+                                              strict=True):
+        torch.testing.assert_close(p_resumed, p_full, rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("checkpoint", [6, 8])  # inside epoch 1 (0-based), and at the end of epoch 1
@@ -228,26 +255,115 @@ def test_a_resumed_auto_run_estimates_and_filters_as_the_uninterrupted_run(tiny_
     full = run_auto(tiny_model_path, tmp_path / "full", save_steps=checkpoint)
     with pytest.raises(KeyboardInterrupt):
         run_auto(tiny_model_path, tmp_path / "cut", save_steps=checkpoint, callbacks=[Interrupt(at_step=checkpoint + 3)])
-    saved = json.loads((tmp_path / "cut" / f"checkpoint-{checkpoint}" / "trainer_state.json").read_text())
-    attributes = saved["stateful_callbacks"]["trl_robust.RopoEpochFilter"]["attributes"]
+    attributes = saved_epoch_filter(tmp_path / "cut" / f"checkpoint-{checkpoint}")
     assert len(attributes["margins"][0]) == (checkpoint - 4) * 8  # this epoch's margins so far, for the estimate
     resumed = run_auto(tiny_model_path, tmp_path / "cut", save_steps=checkpoint,
                        resume=str(tmp_path / "cut" / f"checkpoint-{checkpoint}"))
+    assert_resumed_as_uninterrupted(full, resumed, checkpoint)
 
-    def by_step(trainer):
-        return {e["step"]: e for e in trainer.state.log_history if "loss" in e}
 
-    before, after = by_step(full), by_step(resumed)
-    keys = ["loss", "ropo/filtered_frac", "noise/estimated_flip_rate", "noise/filter_ratio"]
-    estimated = [step for step in before if "noise/estimated_flip_rate" in before[step]]
-    assert estimated == [5, 9, 13, 17, 21]  # the first step of each epoch from the second on
-    for step in range(checkpoint + 1, 25):
-        for key in keys:
-            if key in before[step] or key in after[step]:
-                assert after[step][key] == pytest.approx(before[step][key], rel=1e-4, abs=1e-6), (step, key)
-    for (name, p_full), (_, p_resumed) in zip(full.model.named_parameters(), resumed.model.named_parameters(),
-                                              strict=True):
-        torch.testing.assert_close(p_resumed, p_full, rtol=1e-5, atol=1e-6, msg=name)
+SAVING = {
+    "epoch": dict(save_strategy="epoch"),
+    # An evaluation after every step, and a checkpoint where the eval loss improved: transformers decides that after
+    # the callbacks' `on_step_end`, so a checkpoint inside an epoch was written without that epoch's margins.
+    "best": dict(save_strategy="best", eval_strategy="steps", eval_steps=1, metric_for_best_model="eval_loss",
+                 greater_is_better=False),
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(SAVING))  # ("steps": the test above)
+def test_a_run_resumed_under_each_save_strategy_estimates_and_filters_as_the_uninterrupted_run(
+    tiny_model_path, tmp_path, strategy
+):
+    held_out = Dataset.from_list(tiny_preference_records(n=8, seed=5))
+    saving = dict(num_train_epochs=3, **SAVING[strategy])  # 12 steps: decisions at steps 5 and 9
+    full = run_auto(tiny_model_path, tmp_path / "full", eval_dataset=held_out, **saving)
+    saved = sorted(int(path.name.removeprefix("checkpoint-")) for path in (tmp_path / "full").glob("checkpoint-*"))
+    if strategy == "epoch":
+        assert saved == [4, 8, 12]
+        checkpoint = 8  # the end of epoch 1 (0-based): epoch 2 decides from its margins
+    else:  # the last checkpoint inside an epoch with a decision still to come (here 3: the eval loss fell in epoch 0)
+        checkpoint = max(step for step in saved if step % 4 and step < 9)
+    # Each checkpoint holds the margins its epoch's steps have recorded so far (a whole epoch's at its end).
+    assert len(saved_epoch_filter(tmp_path / "full" / f"checkpoint-{checkpoint}")["margins"][0]) == (
+        (checkpoint % 4 or 4) * 8
+    )
+    # The checkpoint is the one an interrupted run would have left: the run up to it is the same.
+    resumed = run_auto(tiny_model_path, tmp_path / "resumed", eval_dataset=held_out,
+                       resume=str(tmp_path / "full" / f"checkpoint-{checkpoint}"), **saving)
+    assert_resumed_as_uninterrupted(full, resumed, checkpoint)
+
+
+# --- the filter's state belongs to the training set it was built on ----------------------------------------------------
+
+
+def write_checkpoint(checkpoint, attributes):
+    """A checkpoint's trainer_state.json holding the epoch filter's state, as the callback writes it."""
+    checkpoint.mkdir(parents=True)
+    state = {"global_step": 6, "stateful_callbacks": {"trl_robust.RopoEpochFilter": {"args": {}, "attributes": attributes}}}
+    (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize("resume", ["path", True])
+@pytest.mark.parametrize(
+    "attributes, built_on",
+    [
+        ({"epoch": 1, "rows": [2, 20], "n_rows": 32, "estimates": [0.2], "margins": [[24, 25], [0.5, -1.0]]}, "32 rows"),
+        ({"epoch": 1, "rows": [2, 20], "estimates": [0.2], "margins": [[24, 25], [0.5, -1.0]]}, "at least 26 rows"),
+    ],
+    ids=["recorded-size", "older-checkpoint"],
+)
+def test_resuming_the_filter_with_a_smaller_training_set_is_refused_before_any_model_loads(
+    no_model_loading, tmp_path, attributes, built_on, resume
+):
+    checkpoint = tmp_path / "out" / "checkpoint-6"
+    write_checkpoint(checkpoint, attributes)
+    args = auto_args(tmp_path, 8, resume_from_checkpoint=str(checkpoint) if resume == "path" else True)
+    with pytest.raises(ValueError, match=f"in {checkpoint} was built on a training set of {built_on}, and this run's "
+                                         "training set has 16.*same training data.*new run"):
+        RobustDPOTrainer(model="unused-model", args=args, train_dataset=noisy_pairs(16))
+
+
+def test_the_filter_state_fits_only_the_training_set_it_was_built_on():
+    check_resumed_rows({"n_rows": 32, "rows": [31]}, 32, "checkpoint-6")
+    with pytest.raises(ValueError, match="of 32 rows, and this run's training set has 40"):
+        check_resumed_rows({"n_rows": 32, "rows": [31]}, 40, "checkpoint-6")  # a larger set: other pairs, other order
+    # Before TRL's tokenisation a set of 40 input rows may yet span 32 once TRL drops the longest; the trainer
+    # checks the exact span when training begins.
+    check_resumed_rows({"n_rows": 32}, 40, "checkpoint-6", at_least=True)
+    check_resumed_rows({"rows": [3], "margins": [[15], [0.1]]}, 16, "checkpoint-6")  # older: the rows it names fit
+
+
+def test_resuming_through_train_with_another_training_set_is_refused_with_a_message(tiny_model_path, tmp_path):
+    # The checkpoint is given to `train()` only, as a Python caller does: the refusal comes when training begins,
+    # instead of an IndexError. (A fixed ratio: epoch 1 is sure to have suspects, rows among all 32.)
+    args = dict(ropo_filter_ratio=0.5, ropo_filter_scope="epoch", num_train_epochs=2, save_strategy="steps",
+                save_steps=6)
+    first = RobustDPOTrainer(model=tiny_model_path, args=auto_args(tmp_path, 8, **args), train_dataset=noisy_pairs(32))
+    first.train()
+    assert saved_epoch_filter(tmp_path / "out" / "checkpoint-6")["n_rows"] == 32
+    smaller = RobustDPOTrainer(model=tiny_model_path, args=auto_args(tmp_path, 8, **args), train_dataset=noisy_pairs(16))
+    with pytest.raises(ValueError, match="the checkpoint resumed from was built on a training set of 32 rows, and "
+                                         "this run's training set has 16"):
+        smaller.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-6"))
+
+
+# --- streamed data ---------------------------------------------------------------------------------------------------
+
+
+def test_auto_refuses_streamed_data_and_suggests_what_works(no_model_loading, tmp_path):
+    streamed = noisy_pairs(8).to_iterable_dataset()
+    with pytest.raises(ValueError, match="needs a map-style") as refused:
+        RobustDPOTrainer(model="unused-model", args=auto_args(tmp_path, 8), train_dataset=streamed)
+    message = str(refused.value)
+    assert "without streaming" in message and "fixed ropo_filter_ratio" in message
+    # What it suggests for streamed data is accepted (auto with the step scope alone is refused), and takes the
+    # streamed set as it is.
+    with pytest.raises(ValueError, match="needs ropo_filter_scope='epoch'"):
+        train_args(tmp_path, loss_type="ropo", ropo_filter_ratio="auto", ropo_filter_scope="step")
+    fixed = train_args(tmp_path, loss_type="ropo", ropo_filter_ratio=0.2, ropo_filter_scope="step")
+    given = {"train_dataset": streamed}
+    assert rows_indexed_for_the_filter(fixed, DPOTrainer.__init__, ("m", None, fixed), (), given) == ((), given)
 
 
 def two_process_run(model_path, output_dir, per_device):

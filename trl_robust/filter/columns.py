@@ -9,22 +9,25 @@ import torch
 from datasets import Dataset
 
 from ..data import ROW_COLUMN
-from .settings import filter_scope, filters
+from .auto import AUTO
+from .settings import filter_ratio, filter_scope, filters
+from .state import check_resumed_rows, saved_epoch_filter_state
 
 
 def rows_indexed_for_the_filter(args, trainer_init, leading: tuple, pargs, kwargs):
     """`with_row_index` where ROPO's epoch filter is on (it traces every score to its row: the rows are indexed before
     TRL sees them); the arguments unchanged otherwise."""
     if filters(args) and filter_scope(args) == "epoch":
-        return with_row_index(trainer_init, leading, pargs, kwargs)
+        return with_row_index(args, trainer_init, leading, pargs, kwargs)
     return pargs, kwargs
 
 
-def with_row_index(trainer_init, leading: tuple, pargs, kwargs):
+def with_row_index(args, trainer_init, leading: tuple, pargs, kwargs):
     """A trainer's remaining arguments (`pargs`, `kwargs`, after the `leading` ones) with a row-index column added to
     `train_dataset`, as `trainer_init` (TRL's `__init__`) would bind them: for the per-epoch filter.
 
-    Checked before any model is loaded: the epoch filter needs a map-style dataset to score and index.
+    Checked before any model is loaded: the epoch filter needs a map-style dataset to score and index, and a run
+    resumed (`args.resume_from_checkpoint`) with a smaller one than its filter's state was built on is refused.
     """
     try:
         bound = inspect.signature(trainer_init).bind(None, *leading, *pargs, **kwargs)
@@ -34,13 +37,25 @@ def with_row_index(trainer_init, leading: tuple, pargs, kwargs):
     if train_dataset is None:
         return pargs, kwargs
     if not isinstance(train_dataset, Dataset):
+        if filter_ratio(args) == AUTO:  # (auto refuses the step scope: suggest what works)
+            need, instead = (
+                "ropo_filter_ratio='auto' estimates the flip rate from a whole epoch's margins by row",
+                "Load the data without streaming (`dataset_streaming: false`) to keep auto, or, for streamed data, set "
+                "a fixed ropo_filter_ratio (e.g. the flip rate `trl-robust audit` estimates on a sample) with "
+                "ropo_filter_scope='step'.",
+            )
+        else:
+            need = "ropo_filter_scope='epoch' scores the whole training set at the start of each epoch"
+            instead = "Use ropo_filter_scope='step' for streamed data."
         raise ValueError(
-            f"ropo_filter_scope='epoch' scores the whole training set at the start of each epoch, so it needs a "
-            f"map-style `datasets.Dataset` as train_dataset, got {type(train_dataset).__name__}. Use "
-            "ropo_filter_scope='step' for streamed data."
+            f"{need}, so it needs a map-style `datasets.Dataset` as train_dataset, got "
+            f"{type(train_dataset).__name__}. {instead}"
         )
     if ROW_COLUMN in train_dataset.column_names:
         raise ValueError(f"train_dataset has a column named {ROW_COLUMN!r}, which trl-robust reserves; rename it.")
+    resumed = saved_epoch_filter_state(args)
+    if resumed is not None:  # resuming (as `trl-robust` passes it, in `args`): checked before the model loads
+        check_resumed_rows(resumed[0], len(train_dataset), resumed[1], at_least=True)
     bound.arguments["train_dataset"] = train_dataset.add_column(ROW_COLUMN, np.arange(len(train_dataset), dtype=np.int64))
     return bound.args[1 + len(leading) :], bound.kwargs
 

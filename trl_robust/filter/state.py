@@ -2,8 +2,10 @@
 decide at the right moments and put the filter's state into every checkpoint's `trainer_state.json`, so that a resumed
 run distrusts what the uninterrupted run would have. The trainer side is `trl_robust.filter.trainer`."""
 
+import json
 import math
 import warnings
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
@@ -84,10 +86,14 @@ class EpochFilterCallback(TrainerCallback):
         self.auto = filter_ratio(trainer.args) == AUTO
         self.estimates = []  # auto: ε̂ per epoch trained, oldest first (None where nothing could be estimated)
         self.margins = {}  # auto: row -> margin, of the current epoch so far (on the host)
+        self.n_rows = None  # how many rows the training set's row index spans (from `on_train_begin`)
 
     def on_train_begin(self, args, state, control, **kwargs):
         saved = (state.stateful_callbacks or {}).get(self.STATE_KEY)  # present when resuming from our checkpoint
         attributes = saved["attributes"] if saved else {}
+        self.n_rows = self.trainer._indexed_rows()
+        if saved:  # (for a caller who passed the checkpoint to `train()` only: the trainer could not check it earlier)
+            check_resumed_rows(attributes, self.n_rows, "the checkpoint resumed from")
         self.decided_epoch = attributes.get("epoch")
         self.trainer._set_epoch_suspects(attributes.get("rows"))
         self.estimates = list(attributes.get("estimates", []))
@@ -124,7 +130,7 @@ class EpochFilterCallback(TrainerCallback):
 
     def _decide_from_the_last_epoch(self, filtering: bool) -> list[int] | None:
         """`auto`: estimate ε from the epoch that just ended and choose this epoch's suspects (None: filter nothing)."""
-        margins = {**self.margins, **self.trainer._take_free_margins()}
+        margins = {**self.trainer._take_free_margins(), **self.margins}  # a row met twice: its first margin
         self.margins = {}
         estimate = estimate_flip_rate([margins[row] for row in sorted(margins)]) if margins else None
         self.estimates.append(estimate)
@@ -136,20 +142,70 @@ class EpochFilterCallback(TrainerCallback):
         return self.trainer._lowest_margin_rows(margins, ratio) if ratio > 0 else None
 
     def _export(self, state, rows) -> None:
-        attributes = {"epoch": self.decided_epoch, "rows": rows}
+        attributes = {"epoch": self.decided_epoch, "rows": rows, "n_rows": self.n_rows}
         if self.auto:
             attributes.update(estimates=self.estimates, margins=[list(self.margins), list(self.margins.values())])
         state.stateful_callbacks[self.STATE_KEY] = {"args": {}, "attributes": attributes}
 
-    def _before_a_save(self, state, control) -> None:
-        """`auto`: put the margins recorded so far this epoch into the checkpoint about to be written."""
-        if self.auto and control.should_save:
-            self.margins.update(self.trainer._take_free_margins())
+    def _before_a_save(self, state, may_save: bool) -> None:
+        """`auto`: put the margins recorded so far this epoch into the checkpoint that may be written next (a host
+        transfer, so only then)."""
+        if self.auto and may_save:
+            for row, z in self.trainer._take_free_margins().items():
+                self.margins.setdefault(row, z)  # a row met twice keeps its first margin (`_take_free_margins`)
             saved = state.stateful_callbacks.get(self.STATE_KEY, {}).get("attributes", {})
             self._export(state, saved.get("rows"))
 
     def on_step_end(self, args, state, control, **kwargs):
-        self._before_a_save(state, control)  # (transformers' flow callback, earlier in the list, has set should_save)
+        self._before_a_save(state, control.should_save)  # (set by transformers' flow callback, earlier in the list)
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        self._before_a_save(state, control)
+        self._before_a_save(state, control.should_save)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        # transformers decides some saves only after an evaluation, once `on_step_end` has run: `save_strategy="best"`
+        # saves when the metric improved (`Trainer._maybe_log_save_evaluate`), and a callback may ask here. A
+        # checkpoint written then without this epoch's margins made the resumed run estimate from part of an epoch.
+        self._before_a_save(state, True)
+
+
+def check_resumed_rows(attributes: dict, n_rows: int, checkpoint: str, at_least: bool = False) -> None:
+    """Refuse to resume the epoch filter's state (`attributes`, from a checkpoint) with a training set whose row index
+    spans `n_rows` rows (`at_least`: a set of `n_rows` rows before TRL drops any, so at most that many), where the
+    state was built on another: its suspects and margins are indexed by row, so they would name other pairs, or rows
+    that are not there. Checkpoints written before the size was recorded are checked by the rows they name."""
+    saved = attributes.get("n_rows")
+    if saved is None:  # an older checkpoint: only rows beyond this set can be told
+        named = [*(attributes.get("rows") or []), *attributes.get("margins", ([], []))[0]]
+        if not named or max(named) < n_rows:
+            return
+        built_on = f"at least {max(named) + 1} rows"
+    elif saved == n_rows or (at_least and saved <= n_rows):
+        return
+    else:
+        built_on = f"{saved} rows"
+    raise ValueError(
+        f"ROPO's epoch filter state in {checkpoint} was built on a training set of {built_on}, and this run's training "
+        f"set has {n_rows}: its suspects and margins are indexed by row, so they belong to that set. Resume with the "
+        "same training data (dataset, split, flip_rate and max_length), or start a new run (without "
+        "resume_from_checkpoint, in a new output_dir)."
+    )
+
+
+def saved_epoch_filter_state(args) -> tuple[dict, str] | None:
+    """The epoch filter's state in the checkpoint `args.resume_from_checkpoint` names (a path, or True: the latest in
+    `output_dir`, as `Trainer.train` resolves it), and that checkpoint's path; None where there is none to read (the
+    trainer then fails or starts afresh with its own message)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    resume = getattr(args, "resume_from_checkpoint", None)
+    if resume is True and Path(args.output_dir).is_dir():
+        resume = get_last_checkpoint(args.output_dir)
+    if not isinstance(resume, str | Path) or not resume:
+        return None
+    try:
+        state = json.loads((Path(resume) / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    saved = (state.get("stateful_callbacks") or {}).get(EpochFilterCallback.STATE_KEY)
+    return (saved.get("attributes") or {}, str(resume)) if isinstance(saved, dict) else None

@@ -337,10 +337,13 @@ class RopoFilterMixin:
         if rows is None:
             self._epoch_suspects = None
             return
-        n_rows = max(self.train_dataset[ROW_COLUMN]) + 1
-        mask = torch.zeros(n_rows, dtype=torch.bool)
+        mask = torch.zeros(self._indexed_rows(), dtype=torch.bool)
         mask[torch.tensor(rows, dtype=torch.long)] = True
         self._epoch_suspects = mask.to(self.accelerator.device)
+
+    def _indexed_rows(self) -> int:
+        """How many input rows the training set's row index spans (rows TRL dropped for their length included)."""
+        return max(self.train_dataset[ROW_COLUMN]) + 1
 
     def _record_scored_margins(self, z: torch.Tensor) -> None:
         """During `_score_training_set`'s pass: record this batch's margins by row (the loss then trains nothing)."""
