@@ -1,7 +1,7 @@
 """The one table of the registered loss types in the tests: for each name, its formula written again, independently
 of `trl_robust.losses` (plain numpy), and values worked out by hand (how, in the comment beside them).
 
-Adding a loss type to the package = its function, its `register_loss` line, one entry here, a README row.
+Adding a loss type to the package = its function, its `register_loss` line, one entry here, a row in docs/losses.md.
 `test_losses.py` checks that this table covers exactly `registered_loss_types()`, that the hand values are the
 reference's and the registered function's, and that the two agree everywhere else; the trainer tests
 (`test_trainer.py`) take their expected losses and gradient weights from here.

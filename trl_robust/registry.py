@@ -112,7 +112,7 @@ class LossSpec:
             refused.
         couples_batch: the value for one pair depends on the other pairs passed in (a batch objective, e.g.
             Dr. DPO); per-pair filtering is refused for it.
-        paper: the paper behind the loss (for the model card and the README).
+        paper: the paper behind the loss (for the model card and the docs).
     """
 
     name: str

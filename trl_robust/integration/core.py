@@ -10,7 +10,7 @@ chosen/rejected scores, with β as the scale and the reference log-probs to chec
 2. hands z to ROPO's filter (`trl_robust.filter`, one entry point: `_ropo_filter_batch`), which records what its
    epoch and `auto` modes need, gathers the batch's per-pair values over every process in one call, and decides which
    pairs to distrust;
-3. logs how the loss weighs the global batch (the same metric names for both trainers, see the README's glossary) and
+3. logs how the loss weighs the global batch (the same metric names for both trainers, see docs/metrics.md) and
    stops — or, under fp16 with a loss scaler, skips the step — where a margin is NaN or infinite;
 4. returns this process's per-pair losses, with the suspects dropped or corrected.
 
@@ -170,7 +170,7 @@ class RobustLossMixin(RopoFilterMixin):
     # --- metrics and the non-finite policy -----------------------------------------------------------------------------
 
     def _log_robust_metrics(self, spec: LossSpec, loss_fn, batch, clips: bool, mode: str) -> bool:
-        """Log how the loss weighs the margins of the global batch (see the README glossary); False if they are not
+        """Log how the loss weighs the margins of the global batch (see docs/metrics.md); False if they are not
         finite and the step is to be skipped.
 
         Also the one place that sees every pair of the global batch on the host, so it refuses to go on if any pair's

@@ -28,7 +28,7 @@ class RobustDPOTrainer(RobustLossMixin, DPOTrainer):
     and, for losses that clip rewards, `<name>/clipped_frac`; with ROPO's filter (`ropo_filter_ratio > 0` or `auto`),
     `<name>/filtered_frac` and, when the training data has a `label_flipped` column, `<name>/filter_precision`; with
     `auto`, `noise/estimated_flip_rate` and `noise/filter_ratio` once per epoch.
-    See the README's metrics glossary.
+    See the metrics glossary, docs/metrics.md.
 
     The loss path (margin, loss, metrics, ROPO's filter, non-finite margins) is `RobustLossMixin`'s
     (`trl_robust.integration.core`), shared with `RobustRewardTrainer`; this class supplies TRL's scores and β.

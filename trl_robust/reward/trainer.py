@@ -52,7 +52,7 @@ class RobustRewardTrainer(RobustLossMixin, RewardTrainer):
     head, as it does for any causal LM checkpoint.
 
     Extra metrics for a registered loss type `<name>` (gathered over all processes, like TRL's), the same as for DPO
-    (see `RobustDPOTrainer` and the README's glossary): `<name>/grad_weight`, `<name>/grad_weight_vs_logistic` (the
+    (see `RobustDPOTrainer` and docs/metrics.md): `<name>/grad_weight`, `<name>/grad_weight_vs_logistic` (the
     loss's pull relative to Bradley–Terry's on the same pairs), `<name>/negative_margin_frac`,
     `<name>/saturated_frac` and, for losses that clip rewards, `<name>/clipped_frac`. TRL's `margin` and `accuracy`
     stay computed from the unclipped rewards without the dataset margin, as TRL computes them. A NaN or infinite reward
