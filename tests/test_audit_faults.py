@@ -1,6 +1,6 @@
 """The audit's answers to the red-team faults of issue 19: a reference that is no causal LM, an output_dir it could not
 write, a mistyped argument, a single data file, identical pairs, a ranking that carries no information, and what the
-report says (and rounds) when the margins do not separate the pairs. In-process: nothing here starts another process."""
+report says (and rounds) when the margins do not separate the pairs. In-process: nothing here starts another process (the command is called as a function)."""
 
 import json
 import re
@@ -13,7 +13,7 @@ import torch
 from datasets import Dataset
 
 from trl_robust.audit import AuditInputError, AuditResult, audit_preferences
-from trl_robust.cli import main as cli_main
+from trl_robust.cli.audit import main as audit_command  # the command's body, called in this process
 from trl_robust.data import flip_preferences
 from trl_robust.noise import estimate_noise
 from trl_robust.tiny import tiny_preference_records
@@ -91,7 +91,7 @@ def test_an_output_dir_under_a_file_is_refused_before_any_model_loads(tiny_model
     blocker.write_text("mine")
     with pytest.raises(AuditInputError, match=r"lies under .*notes\.txt', which is a file"):
         audit_preferences(tiny_model_path, pairs, ref_model=tiny_model_path, output_dir=blocker / "audit")
-    code = cli_main(["audit", "--model_name_or_path", tiny_model_path, "--ref_model", tiny_model_path,
+    code = audit_command(["--model_name_or_path", tiny_model_path, "--ref_model", tiny_model_path,
                      "--dataset_name", "builtin:tiny", "--output_dir", str(blocker / "audit")])
     assert code == 2 and "which is a file, not a directory" in capsys.readouterr().err
     assert blocker.read_text() == "mine"
@@ -117,7 +117,7 @@ def test_an_output_dir_that_cannot_be_created_is_refused_before_any_model_loads(
     ],
 )
 def test_a_bad_argument_gets_one_line_not_a_traceback(argv, expected, tmp_path, capsys, no_model_loading):
-    code = cli_main(["audit", "--model_name_or_path", "m", "--dataset_name", "d", "--output_dir", str(tmp_path / "o"),
+    code = audit_command(["--model_name_or_path", "m", "--dataset_name", "d", "--output_dir", str(tmp_path / "o"),
                      *argv])
     error = capsys.readouterr().err
     assert code == 2
@@ -141,7 +141,7 @@ def test_a_single_jsonl_file_is_audited_as_its_split(tiny_model_path, tmp_path, 
     assert from_path.z_by_row() == pytest.approx(in_memory.z_by_row(), abs=1e-6)
 
     # The command, whatever the split is called: a single file is the split.
-    code = cli_main(["audit", "--model_name_or_path", policy, "--ref_model", tiny_model_path, "--dataset_name",
+    code = audit_command(["--model_name_or_path", policy, "--ref_model", tiny_model_path, "--dataset_name",
                      str(data), "--dataset_train_split", "test", "--output_dir", str(tmp_path / "out")])
     assert code == 0, capsys.readouterr().err
     lines = [json.loads(line) for line in (tmp_path / "out" / "audit.jsonl").read_text().splitlines()]
@@ -212,7 +212,7 @@ def test_the_clean_step_refuses_a_ranking_that_carries_no_information(result, me
 def test_the_command_refuses_to_clean_when_the_policy_is_its_reference(tiny_model_path, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TRL_ROBUST_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    code = cli_main(["audit", "--model_name_or_path", tiny_model_path, "--ref_model", tiny_model_path,
+    code = audit_command(["--model_name_or_path", tiny_model_path, "--ref_model", tiny_model_path,
                      "--dataset_name", "builtin:tiny", "--output_dir", str(out), "--clean_share", "0.2"])
     captured = capsys.readouterr()
     assert code == 2
