@@ -5,6 +5,7 @@ written out again below, never from the code under test.
 """
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -124,9 +125,11 @@ def test_symmetric_mixture_posterior_is_bayes_rule_with_the_fitted_density():
     eps, params = estimate.flip_rate, estimate.params
     assert len(params["weights"]) == len(params["means"]) and math.isclose(sum(params["weights"]), 1.0)
     assert min(params["means"]) >= 0 and params["sd"] > 0
-    moderate = np.abs(z) < 5  # where the densities written out directly do not underflow
-    f_z = gaussian_mixture_density(z[moderate], params["weights"], params["means"], params["sd"])
-    f_mirror = gaussian_mixture_density(-z[moderate], params["weights"], params["means"], params["sd"])
+    # The mixture is fitted to t = z / s or asinh(z / s), as params say; odd T: f_Z(−z)/f_Z(z) = f_T(−t)/f_T(t).
+    t = z / params["scale"] if params["transform"] == "linear" else np.arcsinh(z / params["scale"])
+    moderate = np.abs(t) < 5 * np.median(np.abs(t))  # where the densities written out directly do not underflow
+    f_z = gaussian_mixture_density(t[moderate], params["weights"], params["means"], params["sd"])
+    f_mirror = gaussian_mixture_density(-t[moderate], params["weights"], params["means"], params["sd"])
     by_hand = eps * f_mirror / ((1 - eps) * f_z + eps * f_mirror)
     np.testing.assert_allclose(estimate.p_flipped[moderate], by_hand, rtol=1e-9, atol=1e-12)
 
@@ -243,3 +246,141 @@ def test_bad_margins_raise_a_value_error_that_says_what_is_wrong(method, margins
 def test_bad_settings_raise_a_value_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         estimate_noise([0.5, 1.0, -0.2], **kwargs)
+
+
+# --- outliers, heavy tails and the margins' unit (issue 19, faults 2 and 10) -----------------------------------------
+
+
+def flipped_gaussian(n=2000, flip_rate=0.2, seed=0):
+    """The red-team's shape: n margins from N(2, 1), exactly round(ε·n) of them negated."""
+    return noisy_margins(lambda rng, size: rng.normal(2.0, 1.0, size), flip_rate, seed=seed, n=n)[0]
+
+
+@pytest.mark.parametrize("outlier", [50.0, -50.0, 1e4, -1e4, 1e300])
+def test_one_huge_margin_does_not_silence_the_estimate(outlier):
+    """Before: 0.207 without it, 0.000 with +50, 0.012 with −50, 0.000 with ±1e4. The truth is 400 flipped of 2,000
+    (the one pair more moves it by 1e-4)."""
+    z = np.r_[flipped_gaussian(), outlier]
+    assert abs(estimate_noise(z, n_bootstrap=0).flip_rate - 0.2) <= 0.03
+
+
+def test_a_few_huge_margins_on_both_sides_do_not_silence_the_estimate():
+    """1% of the pairs (chosen at random, so 20% of those flipped too) have their margin replaced by ±1,000."""
+    rng = np.random.default_rng(2)
+    z = flipped_gaussian()
+    replaced = rng.permutation(z.size)[:20]
+    z[replaced] = np.sign(z[replaced]) * 1000.0
+    assert abs(estimate_noise(z, n_bootstrap=0).flip_rate - 0.2) <= 0.03
+
+
+def test_a_heavy_tailed_spread_of_margins_does_not_silence_the_estimate():
+    """Each margin times its own lognormal(0, 1) factor: a positive factor keeps every sign, so 20% are still flipped
+    (before: 0.015)."""
+    z = flipped_gaussian() * np.exp(np.random.default_rng(1).normal(0.0, 1.0, 2000))
+    assert abs(estimate_noise(z, n_bootstrap=0).flip_rate - 0.2) <= 0.04
+
+
+@pytest.mark.parametrize("unit", [1e154, 1e-200])
+def test_margins_at_the_ends_of_float64_give_the_same_estimate_and_quickly(unit):
+    """Before: NaN ("about nan%") after the EM's 1,000 cycles, 24 s."""
+    z = flipped_gaussian()
+    plain, scaled = estimate_noise(z, n_bootstrap=0), estimate_noise(z * unit, n_bootstrap=0)
+    assert abs(scaled.flip_rate - plain.flip_rate) <= 1e-3 and abs(plain.flip_rate - 0.2) <= 0.03
+    assert np.isfinite(scaled.p_flipped).all() and "nan" not in scaled.describe()
+    assert scaled.params["cycles"] < 100
+
+
+@pytest.mark.parametrize("unit", [1e154, 1e-200])
+def test_calibrated_em_gives_a_number_at_the_ends_of_float64(unit):
+    """Not scale-free by design (it reads σ(z)), but never NaN. 1e154 is a model certain of every pair, so every
+    negative margin is a flip to it: a share 0.8 Φ(−2) + 0.2 Φ(2) = 0.2137 of them. 1e-200 is one that is sure of
+    nothing, which cannot tell."""
+    estimate = estimate_noise(flipped_gaussian() * unit, "calibrated_em")
+    assert np.isfinite(estimate.flip_rate) and np.isfinite(estimate.p_flipped).all()
+    if unit > 1:
+        assert estimate.flip_rate == pytest.approx(0.2137, abs=0.01) and not estimate.cannot_tell
+    else:
+        assert estimate.cannot_tell
+
+
+@pytest.mark.parametrize("n_bootstrap", [2.5, True, False, 1, -1, "100", None])
+@pytest.mark.parametrize("method", sorted(ESTIMATORS))
+def test_n_bootstrap_must_be_a_whole_number_of_at_least_two_or_zero(method, n_bootstrap):
+    z = flipped_gaussian(n=200)
+    with pytest.raises(ValueError, match="n_bootstrap must be a whole number|n_bootstrap=1 cannot make an interval"):
+        estimate_noise(z, method, n_bootstrap=n_bootstrap)
+    with pytest.raises(ValueError, match="n_bootstrap"):  # the estimators called directly check it too
+        ESTIMATORS[method](z, n_bootstrap=n_bootstrap)
+
+
+def test_two_resamples_make_an_interval_and_numpy_integers_are_whole_numbers():
+    z = flipped_gaussian(n=200)
+    assert np.isfinite(estimate_noise(z, n_bootstrap=2).interval).all()
+    assert estimate_noise(z, n_bootstrap=np.int64(3)).n_bootstrap == 3
+
+
+# --- cannot tell -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", sorted(ESTIMATORS))
+@pytest.mark.parametrize("flip_rate", [0.0, 0.25, 0.5])
+def test_margins_that_do_not_separate_the_pairs_cannot_tell(method, flip_rate):
+    """Clean margins N(0, 1): negating any share of them leaves N(0, 1), so every flip rate explains them equally."""
+    z, _ = noisy_margins(lambda rng, n: rng.normal(0.0, 1.0, n), flip_rate)
+    estimate = estimate_noise(z, method)
+    assert estimate.cannot_tell and estimate.reason
+    assert estimate.likelihood_interval[1] == pytest.approx(0.5, abs=1e-3)
+    assert estimate.describe().startswith("cannot tell how many of these 4,000 labels are flipped: ")
+    assert "look flipped" not in estimate.describe() and "bootstrap" not in estimate.describe()
+
+
+def test_a_barely_trained_model_on_a_quarter_flipped_set_cannot_tell():
+    """Clean margins N(0.2, 1): the model leans the right way on 58% of the pairs. With 25% flipped their density,
+    0.75 N(0.2, 1) + 0.25 N(−0.2, 1), is 2.8e-6 nats per pair from N(0.1, 1.03), i.e. none flipped and a clean
+    density at 0.1 (by quadrature): 0.006 nats over 2,000 pairs, where telling two rates apart takes about 1.4."""
+    z, _ = noisy_margins(lambda rng, n: rng.normal(0.2, 1.0, n), 0.25, n=2000)
+    estimate = estimate_noise(z)
+    assert estimate.cannot_tell and "0.0%" not in estimate.describe()
+    low, high = estimate.likelihood_interval
+    assert low <= 0.25 <= high and high - low > 0.25
+
+
+@pytest.mark.parametrize("flip_rate", FLIP_RATES)
+def test_margins_that_separate_the_pairs_can_tell_and_their_likelihood_interval_holds_the_truth(flip_rate):
+    z, _ = noisy_margins(gaussian_clean, flip_rate)
+    estimate = estimate_noise(z, n_bootstrap=0)
+    low, high = estimate.likelihood_interval
+    assert not estimate.cannot_tell and estimate.reason == ""
+    assert low - 0.01 <= flip_rate <= high + 0.01 and low <= estimate.flip_rate <= high and high - low < 0.1
+
+
+def test_what_describe_prints_is_rounded():
+    """Whole percent from 10% up, one decimal below (where whole percent would round a signal to 0), 0% for none."""
+    clean = estimate_noise(noisy_margins(gaussian_clean, 0.0, seed=1)[0])
+    assert clean.flip_rate == 0.0 and clean.describe().startswith("about 0% (")
+    for z in (noisy_margins(gaussian_clean, 0.05)[0], noisy_margins(lambda rng, n: rng.normal(0.0, 1.0, n), 0.2)[0]):
+        line = estimate_noise(z).describe()
+        assert re.search(r"\d%", line) and not re.search(r"\d\.\d\d|e-\d", line), line
+
+
+# --- `ropo_filter_ratio: auto` reads the same estimate ---------------------------------------------------------------
+
+
+def test_auto_warns_when_an_epochs_margins_cannot_tell():
+    from trl_robust.filter.auto import estimate_flip_rate
+
+    z = np.random.default_rng(0).normal(0.0, 1.0, 2000)
+    with pytest.warns(UserWarning, match="margins cannot tell how many labels are flipped.*fixed ropo_filter_ratio"):
+        rate = estimate_flip_rate(z)
+    assert rate == estimate_noise(z, n_bootstrap=0).flip_rate
+
+
+def test_auto_is_silent_and_filters_when_the_margins_can_tell_despite_an_outlier():
+    import warnings
+
+    from trl_robust.filter.auto import auto_filter_ratio, estimate_flip_rate
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rate = estimate_flip_rate(np.r_[flipped_gaussian(), 1e4])
+    assert abs(rate - 0.2) <= 0.03 and auto_filter_ratio([rate, rate]) == pytest.approx(rate)

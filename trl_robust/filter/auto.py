@@ -9,7 +9,9 @@ those margins, with
 
 An estimate at `UNIDENTIFIED` or above is not used: ε̂ near its bound 1/2 says the margins look the same as their
 mirror image, which is what a barely trained model gives (all margins near 0 gave ε̂ = 0.5 with a narrow bootstrap
-interval), not a measurement of the noise. The next epoch is estimated afresh.
+interval), not a measurement of the noise. The next epoch is estimated afresh. An epoch whose margins cannot tell how
+many labels are flipped (`NoiseEstimate.cannot_tell`: they do not separate the pairs) is warned about, with the
+reason, rather than left to filter little or nothing in silence; its estimate is still used as above.
 
 Why these choices (measured in `benchmarks/results/noise_estimate_training.md`, ROPO on the synthetic task):
 - The free margins give the same estimate as a scoring pass over the training set (to 0.01–0.05), which costs about
@@ -26,6 +28,8 @@ memorised and keep their negative margins. Without that feedback (no filter, or 
 Pure functions; `RobustDPOTrainer` supplies the margins and applies the result.
 """
 
+import warnings
+
 import numpy as np
 
 from ..noise.estimate import DEFAULT_ESTIMATOR, estimate_noise
@@ -39,12 +43,24 @@ ESTIMATOR = DEFAULT_ESTIMATOR
 
 def estimate_flip_rate(margins) -> float | None:
     """ε̂ of one epoch's margins (no bootstrap: the interval is not used here), or None where nothing can be
-    estimated (fewer than two distinct finite margins, e.g. an untrained model whose margins are all 0)."""
+    estimated (fewer than two distinct finite margins, e.g. an untrained model whose margins are all 0).
+
+    Warns (UserWarning) where the margins cannot tell how many labels are flipped."""
     z = np.asarray(margins, dtype=np.float64)
     z = z[np.isfinite(z)]
     if z.size < 2 or np.ptp(z) == 0:
         return None
-    return estimate_noise(z, ESTIMATOR, n_bootstrap=0).flip_rate
+    estimate = estimate_noise(z, ESTIMATOR, n_bootstrap=0)
+    if estimate.cannot_tell:
+        warnings.warn(
+            f"ropo_filter_ratio='auto': the last epoch's {z.size:,} margins cannot tell how many labels are flipped "
+            f"({estimate.reason}), so its estimate of {estimate.flip_rate:.2f} may filter too little (or too much). "
+            "This is usual while the model is barely trained or the set is small; if it lasts, set a fixed "
+            "ropo_filter_ratio (e.g. the rate `trl-robust audit` estimates on pairs the model did not train on).",
+            UserWarning,
+            stacklevel=2,
+        )
+    return estimate.flip_rate
 
 
 def auto_filter_ratio(estimates: list[float | None]) -> float:

@@ -9,9 +9,10 @@ pair, the margins are a two-part mixture of one clean-label density f and its mi
 Two estimators read ε off that structure (`symmetric_mixture`) or off the model's own probabilities
 (`calibrated_em`); each also returns, per pair, the posterior probability that its label is flipped.
 
-Formula (`symmetric_mixture`, maximum likelihood by EM; f a Gaussian location mixture, see its docstring):
-    g(z) = (1 − ε) f(z) + ε f(−z),    f(z) = Σ_k w_k N(z; μ_k, σ²),  μ_k ≥ 0,  0 ≤ ε < 1/2
-    P(flipped | z) = ε f(−z) / ((1 − ε) f(z) + ε f(−z))
+Formula (`symmetric_mixture`, maximum likelihood by EM; f a Gaussian location mixture, see its docstring; fitted to
+t = T(z), T odd and increasing, which keeps this form and ε):
+    g(t) = (1 − ε) f(t) + ε f(−t),    f(t) = Σ_k w_k N(t; μ_k, σ²),  μ_k ≥ 0,  0 ≤ ε < 1/2
+    P(flipped | z) = ε f(−t) / ((1 − ε) f(t) + ε f(−t))
 
 Formula (`calibrated_em`, RE-PO's EM, arXiv 2509.24159; σ the logistic function):
     P(flipped | z) = ε σ(−z) / ((1 − ε) σ(z) + ε σ(−z)),    ε ← mean over pairs of P(flipped | z), to its fixed point
@@ -31,7 +32,8 @@ Assumptions, and where each estimator fails:
 - `symmetric_mixture` needs the clean density to lean to the positive side (ε < 1/2 picks which side is clean) and to
   be shaped like its model: a blur of non-negative "true" margins by one Gaussian. A clean density with a heavy or
   long *left* tail (pairs the model gets confidently wrong although their label is right) is read as flips, so ε is
-  overestimated; a clean density that is itself symmetric about 0 (the model has no opinion) leaves ε unidentified.
+  overestimated; a clean density that is itself symmetric about 0 (the model has no opinion) leaves ε unidentified
+  (the estimate then says it cannot tell, below).
 - `calibrated_em` needs σ(z) to be the model's calibrated probability that the pair's true preference is the labeled
   one. DPO's margins are not calibrated in general (their scale depends on β and on how long it trained), and the
   estimate follows their scale: over-confident margins (too large |z|) leave the pairs the model contradicts no
@@ -42,6 +44,17 @@ Intervals are bootstrap percentile intervals over pairs: the pairs are resampled
 re-estimated. They describe the sampling variability of ε̂ given this model's margins — how much ε̂ would move on
 another sample of pairs of the same kind — not how wrong the model or the assumptions above may be.
 
+Cannot tell: where the margins do not separate the pairs, many flip rates fit them about equally well and ε̂ means
+nothing (0 or 0.45 from one sample to the next, with a narrow bootstrap interval). Each estimate therefore also carries
+a likelihood interval for ε (the rates at least 1/32 as likely as the best), and `cannot_tell` is set, with a
+`reason`, when that interval reaches 1/2 or is wider than 0.25 (`trl_robust.noise.identification`); `describe()`
+then says "cannot tell" instead of a number.
+
+`symmetric_mixture` fits the mixture to z / m or to asinh(z / (c · m)), m the margins' median |z|, whichever makes
+the margins most likely: an odd increasing transform keeps the flip structure and ε, asinh keeps a few huge margins or
+a heavy tail from silencing the estimate, and dividing by m makes it independent of the margins' unit
+(`trl_robust.noise.margins`).
+
 For speed, both estimators fit the margins rounded into bins of width s/25 (s: the margins' robust spread, from the
 interquartile range), keeping each bin's mean and variance exactly; that moves ε̂ far less than its sampling error.
 The per-pair posteriors use the exact margins.
@@ -49,21 +62,25 @@ The per-pair posteriors use the exact margins.
 Pure numpy; a torch tensor is accepted and copied to the CPU.
 """
 
+import numbers
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 from . import mixture_em
 from .mixture_em import FLIP_RATE_MAX
+from .identification import PROFILE_GRID, SUPPORT, cannot_tell_reason, likelihood_interval, percent
+from .margins import BinnedMargins, Tamed, as_margins, bin_margins, bootstrap_counts, tamings
 
-BINS_PER_SPREAD = 25  # bin width = spread / 25: the binning moves ε̂ by under 1e-3
 DEFAULT_N_BOOTSTRAP = 100
 N_MIXTURE_COMPONENTS = 3
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: an array field makes == ambiguous
 class NoiseEstimate:
-    """A flip-rate estimate, its bootstrap interval, and each pair's probability of carrying a flipped label.
+    """A flip-rate estimate, its intervals, whether the margins can tell at all, and each pair's probability of
+    carrying a flipped label.
 
     Attributes:
         flip_rate: ε̂, the estimated share of flipped labels, in [0, 1/2).
@@ -73,6 +90,12 @@ class NoiseEstimate:
         method: the estimator's name in `ESTIMATORS`.
         params: the fitted parameters besides ε (what each estimator fits is in its docstring).
         n_bootstrap: bootstrap resamples behind the interval.
+        likelihood_interval: the flip rates whose profile likelihood is at least 1/32 of the best's (always
+            computed; `trl_robust.noise.identification`).
+        cannot_tell: True when the margins do not separate the pairs well enough to say how many labels are flipped
+            (the likelihood interval reaches 1/2 or is wider than 0.25): `flip_rate`, `interval` and `p_flipped` are
+            then not worth acting on.
+        reason: why it cannot tell, one clause for a log or report ("" when it can).
     """
 
     flip_rate: float
@@ -82,86 +105,25 @@ class NoiseEstimate:
     method: str
     params: dict = field(default_factory=dict)
     n_bootstrap: int = 0
+    likelihood_interval: tuple[float, float] = (float("nan"), float("nan"))
+    cannot_tell: bool = False
+    reason: str = ""
 
     def __post_init__(self):
         self.p_flipped.setflags(write=False)  # frozen all the way down
 
     def describe(self) -> str:
         """One line for a log, e.g. "about 23% (18–28%, 90% bootstrap interval) of these 4,000 labels look flipped
-        (symmetric_mixture)"."""
-        share = f"about {_percent(self.flip_rate)}"
+        (symmetric_mixture)", or "cannot tell how many of these 4,000 labels are flipped: any flip rate from 0% to
+        50% fits the margins (...) (symmetric_mixture)"."""
+        if self.cannot_tell:
+            return (f"cannot tell how many of these {self.p_flipped.size:,} labels are flipped: {self.reason} "
+                    f"({self.method})")
+        share = f"about {percent(self.flip_rate)}"
         if self.n_bootstrap:
             low, high = self.interval
-            share += f" ({_percent(low, sign=False)}–{_percent(high)}, {self.interval_level:.0%} bootstrap interval)"
+            share += f" ({percent(low, sign=False)}–{percent(high)}, {self.interval_level:.0%} bootstrap interval)"
         return f"{share} of these {self.p_flipped.size:,} labels look flipped ({self.method})"
-
-
-def _percent(share: float, sign: bool = True) -> str:
-    """23%, or 1.4% below 10% (where whole percent would round a real signal to 0)."""
-    text = f"{100 * share:.1f}" if share < 0.095 else f"{100 * share:.0f}"
-    return text + "%" * sign
-
-
-# --- input -----------------------------------------------------------------------------------------------------------
-
-
-def _as_margins(margins) -> np.ndarray:
-    """The margins as a 1-D float64 array; ValueError for anything that cannot be estimated from."""
-    if hasattr(margins, "detach"):  # a torch tensor (bf16 has no numpy dtype, hence float())
-        margins = margins.detach().float().cpu().numpy()
-    z = np.asarray(margins, dtype=np.float64)
-    if z.ndim != 1:
-        raise ValueError(f"margins must be a 1-D array, one per pair; got shape {z.shape}")
-    if z.size == 0:
-        raise ValueError("margins is empty: no pairs to estimate the flip rate from")
-    n_nan, n_inf = int(np.isnan(z).sum()), int(np.isinf(z).sum())
-    if n_nan or n_inf:
-        raise ValueError(f"margins contain {n_nan} NaN and {n_inf} infinite values (of {z.size}); "
-                         "drop or fix those pairs first")
-    if z.min() == z.max():
-        raise ValueError(f"all {z.size} margins equal {z[0]:g}, so they say nothing about which labels are flipped "
-                         "(an untrained policy equals its reference and gives z = 0 everywhere); estimate after "
-                         "some training")
-    return z
-
-
-@dataclass(frozen=True)
-class _BinnedMargins:
-    """The sorted margins rounded into bins: each bin's mean, count and variance (the EM's sufficient statistics)."""
-
-    centres: np.ndarray
-    counts: np.ndarray
-    within_var: np.ndarray
-    spread: float
-
-
-def _robust_spread(z: np.ndarray) -> float:
-    """σ from the interquartile range (robust to heavy tails); the standard deviation when half the margins tie."""
-    q1, q3 = np.quantile(z, [0.25, 0.75])
-    return float((q3 - q1) / 1.349) or float(np.std(z))
-
-
-def _bin_margins(z: np.ndarray) -> _BinnedMargins:
-    spread = _robust_spread(z)
-    z = np.sort(z)  # sorting first makes the result independent of the input order, to the last bit
-    bin_of = np.floor(z / (spread / BINS_PER_SPREAD))
-    starts = np.flatnonzero(np.r_[True, bin_of[1:] != bin_of[:-1]])
-    counts = np.diff(np.r_[starts, z.size])
-    centres = np.add.reduceat(z, starts) / counts
-    within_var = np.add.reduceat((z - np.repeat(centres, counts)) ** 2, starts) / counts
-    return _BinnedMargins(centres, counts.astype(np.float64), within_var, spread)
-
-
-def _bootstrap_counts(binned: _BinnedMargins, n_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_bootstrap, bins) counts of pairs resampled with replacement: resampling n pairs and counting them per bin
-    is a multinomial draw over the bins with probabilities count / n."""
-    n = int(binned.counts.sum())
-    return rng.multinomial(n, binned.counts / n, size=n_bootstrap).astype(np.float64)
-
-
-def _percentile_interval(estimates: np.ndarray, level: float) -> tuple[float, float]:
-    low, high = np.quantile(estimates, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
 
 
 def _logistic(x: np.ndarray) -> np.ndarray:
@@ -175,51 +137,106 @@ def _logit(p: float) -> float:
     return float(np.log(p) - np.log1p(-p))
 
 
+def _percentile_interval(estimates: np.ndarray, level: float) -> tuple[float, float]:
+    low, high = np.quantile(estimates, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def _check_settings(interval_level, n_bootstrap) -> None:
+    """ValueError for settings no estimate can be made with; before any work."""
+    if isinstance(interval_level, bool) or not isinstance(interval_level, numbers.Real) or not 0 < interval_level < 1:
+        raise ValueError(f"interval_level must be a number in (0, 1), e.g. 0.9; got {interval_level!r}")
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, numbers.Integral) or n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be a whole number of resamples, at least 2 (e.g. {DEFAULT_N_BOOTSTRAP}), "
+                         f"or 0 for no bootstrap interval; got {n_bootstrap!r}")
+    if n_bootstrap == 1:
+        raise ValueError("n_bootstrap=1 cannot make an interval (one resample has no spread): use at least 2, e.g. "
+                         f"{DEFAULT_N_BOOTSTRAP}, or 0 for no bootstrap interval")
+
+
+def _verdict(profile_ll, eps, best_ll, n_pairs) -> dict:
+    """The NoiseEstimate fields `likelihood_interval`, `cannot_tell` and `reason`."""
+    interval = likelihood_interval(profile_ll, eps, best_ll, n_pairs)
+    reason = cannot_tell_reason(interval)
+    return dict(likelihood_interval=interval, cannot_tell=bool(reason), reason=reason)
+
+
 # --- symmetric_mixture -----------------------------------------------------------------------------------------------
 
 
 def symmetric_mixture(margins, *, interval_level: float = 0.9, n_bootstrap: int = DEFAULT_N_BOOTSTRAP, seed: int = 0,
                       n_components: int = N_MIXTURE_COMPONENTS) -> NoiseEstimate:
-    """Maximum-likelihood fit of the flip-structured mixture, with the clean density a Gaussian location mixture.
+    """Maximum-likelihood fit of the flip-structured mixture to t = T(z), the clean density a Gaussian location
+    mixture, T the one of z / m, asinh(z / 4m), asinh(z / m), asinh(z / m/4) (m = median |z|) under which the
+    margins z are most likely (why: `trl_robust.noise.margins`).
 
     Formula:
-        g(z) = (1 − ε) · f(z) + ε · f(−z),        0 ≤ ε < 1/2
-        f(z) = Σ_k w_k · N(z; μ_k, σ²),            μ_k ≥ 0, one σ shared by the K components
-        P(flipped | z) = ε f(−z) / ((1 − ε) f(z) + ε f(−z))
+        g(t) = (1 − ε) · f(t) + ε · f(−t),        0 ≤ ε < 1/2,   t = T(z), T odd and increasing
+        f(t) = Σ_k w_k · N(t; μ_k, σ²),            μ_k ≥ 0, one σ shared by the K components
+        P(flipped | z) = ε f(−t) / ((1 − ε) f(t) + ε f(−t))
 
-    f is a Gaussian blur of K non-negative "true" margins: it can lean and skew to the right, and f(−z)/f(z) falls
+    f is a Gaussian blur of K non-negative "true" margins: it can lean and skew to the right, and f(−t)/f(t) falls
     monotonically to 0, which is what makes ε identifiable and P(flipped | z) non-increasing in z. (Free per-component
     σ_k would let one wide component centred near 0 explain the flipped pairs as clean ones: ε̂ collapses towards 0 on
-    skewed margins.) Fitted by EM from three starting flip rates, keeping the most likely fit; the bootstrap refits
-    start from it (the EM itself is in `trl_robust.noise.mixture_em`).
+    skewed margins.) Fitted by EM from four starts, keeping the most likely fit; the bootstrap refits start from it
+    (the EM and its starts are in `trl_robust.noise.mixture_em`).
 
     ε̂ at its bound 1/2 means the model disagrees with about half the labels or more: either that many are flipped or
     the model is wrong about them, and the margins cannot tell which.
 
-    params: `weights`, `means` (the w_k and μ_k, tuples), `sd` (σ), `log_likelihood` (mean per pair, on the binned
-    margins), `cycles` (SQUAREM cycles of the main fit).
+    params: `weights`, `means` (the w_k and μ_k, tuples), `sd` (σ), all in units of t; `transform` ("linear":
+    t = z / scale, or "asinh": t = asinh(z / scale)) and `scale` (in units of z); `log_likelihood` (mean per pair,
+    on the binned t); `cycles` (SQUAREM cycles of the main fit).
     """
-    z = _as_margins(margins)
-    binned = _bin_margins(z)
-    starts = mixture_em.starts(binned, n_components)
-    counts = np.tile(binned.counts, (starts[0].size, 1))
-    fits, ll, cycles = mixture_em.run(binned, counts, starts)
-    best = int(np.argmax(ll))
-    unsnapped = tuple(p[best:best + 1] for p in fits)  # one row
-    fitted = mixture_em.snap_to_zero(binned, counts[:1], unsnapped)
+    _check_settings(interval_level, n_bootstrap)
+    z = as_margins(margins)
+    fits = [_fit_mixture(tamed, n_components) for tamed in tamings(z)]
+    chosen = max(fits, key=lambda fit: np.nan_to_num(fit.z_log_likelihood, nan=-np.inf))
+    binned, unsnapped = chosen.binned, chosen.params
+    fitted = mixture_em.snap_to_zero(binned, binned.counts[None], unsnapped)
     eps = float(fitted[0][0])
-    p_flipped = _logistic(_logit(eps) + mixture_em.log_ratio(z, fitted)[0])
+    p_flipped = _logistic(_logit(eps) + mixture_em.log_ratio(chosen.tamed.t, fitted)[0])
     interval = (float("nan"), float("nan"))
     if n_bootstrap:
-        resampled = _bootstrap_counts(binned, n_bootstrap, np.random.default_rng(seed))
+        resampled = bootstrap_counts(binned, n_bootstrap, np.random.default_rng(seed))
         # Warm starts at the fit, but with ε > 0: from ε = 0 exactly, EM never moves ε again.
         warm = tuple(np.repeat(p, n_bootstrap, axis=0) for p in (np.maximum(unsnapped[0], 0.01), *unsnapped[1:]))
         refits = mixture_em.snap_to_zero(binned, resampled, mixture_em.run(binned, resampled, warm)[0])
         interval = _percentile_interval(refits[0], interval_level)
+    # The profile likelihood of ε maximises over the transform too: a Gaussian bulk bent by asinh can look flipped
+    # where the linear fit explains it at any ε, and the verdict must see that. A transform whose best fit is already
+    # `SUPPORT` nats below the chosen one's cannot bring any ε into the interval: it is not profiled.
+    close = [fit for fit in fits if z.size * (chosen.z_log_likelihood - fit.z_log_likelihood) <= SUPPORT]
+    profile_ll = np.max([mixture_em.profile(fit.binned, fit.params, PROFILE_GRID) + fit.tamed.log_jacobian
+                         for fit in close], axis=0)
+    verdict = _verdict(profile_ll, eps, chosen.z_log_likelihood, z.size)
     weights, means, sd = fitted[1][0], fitted[2][0], fitted[3][0]
     params = dict(weights=tuple(map(float, weights)), means=tuple(map(float, means)), sd=float(sd),
-                  log_likelihood=float(ll[best]), cycles=cycles)
-    return NoiseEstimate(eps, interval, interval_level, p_flipped, "symmetric_mixture", params, n_bootstrap)
+                  transform=chosen.tamed.transform, scale=chosen.tamed.scale, log_likelihood=chosen.log_likelihood,
+                  cycles=chosen.cycles)
+    return NoiseEstimate(eps, interval, interval_level, p_flipped, "symmetric_mixture", params, n_bootstrap, **verdict)
+
+
+class _Fit(NamedTuple):
+    tamed: Tamed
+    binned: BinnedMargins
+    params: tuple  # (ε, w, μ, σ), one row each
+    log_likelihood: float  # mean per pair, of the binned t
+    cycles: int
+
+    @property
+    def z_log_likelihood(self) -> float:
+        """Mean log-likelihood per pair of the margins z themselves: comparable between transforms."""
+        return self.log_likelihood + self.tamed.log_jacobian
+
+
+def _fit_mixture(tamed: Tamed, n_components: int) -> _Fit:
+    """The most likely of the EM fits to the binned t from `mixture_em.starts`."""
+    binned = bin_margins(tamed.t)
+    starts = mixture_em.starts(binned, n_components)
+    fits, ll, cycles = mixture_em.run(binned, np.tile(binned.counts, (starts[0].size, 1)), starts)
+    best = int(np.argmax(ll))
+    return _Fit(tamed, binned, tuple(p[best:best + 1] for p in fits), float(ll[best]), cycles)
 
 
 # --- calibrated_em ---------------------------------------------------------------------------------------------------
@@ -230,8 +247,9 @@ def _calibrated_score(eps: np.ndarray, z: np.ndarray, counts: np.ndarray) -> np.
     (σ(−z) − σ(z)) / ((1 − ε) σ(z) + ε σ(−z)) = (e − 1) / (1 − ε + ε e) for z ≥ 0, (1 − e) / ((1 − ε) e + ε) else."""
     e = np.exp(-np.abs(z))[None, :]
     eps = eps[:, None]
-    terms = np.where(z >= 0, (e - 1) / (1 - eps + eps * e), (1 - e) / ((1 - eps) * e + eps))
-    return (terms * counts).sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # ε = 0 where e underflows: +inf, rightly (ε must rise)
+        terms = np.where(z >= 0, (e - 1) / (1 - eps + eps * e), (1 - e) / ((1 - eps) * e + eps))
+        return np.where(counts > 0, terms * counts, 0.0).sum(1)  # a bin no resample drew adds nothing, not inf · 0
 
 
 def _calibrated_flip_rate(z: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -271,17 +289,28 @@ def calibrated_em(margins, *, interval_level: float = 0.9, n_bootstrap: int = DE
 
     params: `log_likelihood` (mean per pair, on the binned margins).
     """
-    z = _as_margins(margins)
-    binned = _bin_margins(z)
+    _check_settings(interval_level, n_bootstrap)
+    z = as_margins(margins)
+    binned = bin_margins(z)
     eps = float(_calibrated_flip_rate(binned.centres, binned.counts[None])[0])
     interval = (float("nan"), float("nan"))
     if n_bootstrap:
-        counts = _bootstrap_counts(binned, n_bootstrap, np.random.default_rng(seed))
+        counts = bootstrap_counts(binned, n_bootstrap, np.random.default_rng(seed))
         interval = _percentile_interval(_calibrated_flip_rate(binned.centres, counts), interval_level)
-    log_g = np.log((1 - eps) * _logistic(binned.centres) + eps * _logistic(-binned.centres))
-    params = dict(log_likelihood=float((binned.counts * log_g).sum() / z.size))
+    ll = _calibrated_log_likelihood(np.r_[eps, PROFILE_GRID], binned)  # ε is its only parameter: no profiling
+    params = dict(log_likelihood=float(ll[0]))
     p_flipped = _logistic(_logit(eps) - z)  # ε σ(−z) / ((1 − ε) σ(z) + ε σ(−z)), since σ(−z)/σ(z) = exp(−z)
-    return NoiseEstimate(eps, interval, interval_level, p_flipped, "calibrated_em", params, n_bootstrap)
+    verdict = _verdict(ll[1:], eps, float(ll[0]), z.size)
+    return NoiseEstimate(eps, interval, interval_level, p_flipped, "calibrated_em", params, n_bootstrap, **verdict)
+
+
+def _calibrated_log_likelihood(eps: np.ndarray, binned) -> np.ndarray:
+    """Mean log((1 − ε) σ(z) + ε σ(−z)) per pair, for each ε, in log space (σ(z) underflows for z ≪ 0)."""
+    log_sigma = -np.logaddexp(0.0, -binned.centres)
+    log_sigma_mirror = -np.logaddexp(0.0, binned.centres)
+    with np.errstate(divide="ignore"):  # ε = 0: log 0 = −inf, whose exp is the 0 it should be
+        log_g = np.logaddexp(np.log1p(-eps)[:, None] + log_sigma, np.log(eps)[:, None] + log_sigma_mirror)
+    return (binned.counts * log_g).sum(1) / binned.counts.sum()
 
 
 # --- registry --------------------------------------------------------------------------------------------------------
@@ -298,13 +327,17 @@ def estimate_noise(margins, method: str = DEFAULT_ESTIMATOR, *, interval_level: 
         margins: 1-D array (or torch tensor) of per-pair margins, positive where the model agrees with the label.
         method: a key of `ESTIMATORS`.
         interval_level: level of the bootstrap percentile interval, in (0, 1).
-        n_bootstrap: resamples of the pairs for the interval; 0 skips it (interval NaN).
+        n_bootstrap: resamples of the pairs for the bootstrap interval, an int ≥ 2; 0 skips it (interval NaN).
         seed: seeds the resampling, so the same input and seed give the same interval.
+
+    Returns:
+        A `NoiseEstimate`; check its `cannot_tell` (and `reason`) before acting on its `flip_rate`.
+
+    Raises:
+        ValueError: for margins that cannot be estimated from (empty, NaN or infinite, all equal, not 1-D) and for
+            settings outside those ranges (`n_bootstrap=True` or `2.5` included), before any work.
     """
     if method not in ESTIMATORS:
         raise ValueError(f"method must be one of {sorted(ESTIMATORS)}, got {method!r}")
-    if not 0 < interval_level < 1:
-        raise ValueError(f"interval_level must be in (0, 1), got {interval_level}")
-    if n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
+    _check_settings(interval_level, n_bootstrap)
     return ESTIMATORS[method](margins, interval_level=interval_level, n_bootstrap=n_bootstrap, seed=seed)

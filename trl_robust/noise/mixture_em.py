@@ -29,8 +29,9 @@ def _logsumexp(a: np.ndarray, axis) -> np.ndarray:
         return np.squeeze(peak, axis) + np.log(np.sum(np.exp(a - peak), axis=axis))
 
 
-def _em_step(binned, counts, params, sd_floor):
-    """One EM step for every row of `counts` (bootstrap resamples) at once.
+def _em_step(binned, counts, params, sd_floor, fixed_eps=None):
+    """One EM step for every row of `counts` (bootstrap resamples) at once; ε stays at `fixed_eps` in the rows where
+    that is not NaN (the profile likelihood: f fitted with ε held fixed).
 
     Latent per pair: flipped or not, and the component k of its clean margin x (x = z if unflipped, −z if flipped).
     E-step: responsibilities r(s, k) ∝ P(s) · w_k · N(±z; μ_k, σ²). M-step: ε and w_k are mean responsibilities;
@@ -49,7 +50,7 @@ def _em_step(binned, counts, params, sd_floor):
     n = counts.sum(1)
     per_component = r_kept.sum(1) + r_flipped.sum(1)  # (B, K)
     safe = np.maximum(per_component, 1e-300)  # an emptied component keeps a finite (unused) mean
-    new_eps = np.minimum(r_flipped.sum((1, 2)) / n, FLIP_RATE_MAX)
+    new_eps = _hold(np.minimum(r_flipped.sum((1, 2)) / n, FLIP_RATE_MAX), fixed_eps)
     new_means = np.maximum(((r_kept - r_flipped) * c[None, :, None]).sum(1) / safe, 0.0)
     squares = (r_kept * (c[None, :, None] - new_means[:, None, :]) ** 2
                + r_flipped * (c[None, :, None] + new_means[:, None, :]) ** 2).sum((1, 2))
@@ -76,12 +77,17 @@ def _from_vector(vector: np.ndarray, n_components: int, sd_floor: float):
             np.maximum(vector[:, 1 + n_components:-1], 0.0), np.maximum(np.exp(vector[:, -1]), sd_floor))
 
 
+def _hold(eps: np.ndarray, fixed_eps) -> np.ndarray:
+    return eps if fixed_eps is None else np.where(np.isnan(fixed_eps), eps, fixed_eps)
+
+
 def _choose_rows(use_first: np.ndarray, first, second):
     return tuple(np.where(use_first.reshape((-1,) + (1,) * (np.ndim(a) - 1)), a, b) for a, b in zip(first, second))
 
 
-def run(binned, counts, params):
-    """EM accelerated by SQUAREM (Varadhan & Roland 2008), every row of `counts` at once.
+def run(binned, counts, params, fixed_eps=None):
+    """EM accelerated by SQUAREM (Varadhan & Roland 2008), every row of `counts` at once; `fixed_eps` (one per row, NaN
+    where ε is free) holds ε where given.
 
     Plain EM crawls here: along the ridge of near-equivalent clean densities (a Gaussian is also a mixture of narrower
     Gaussians) and when ε heads for 0. Each SQUAREM cycle takes two EM steps θ₁ = F(θ₀), θ₂ = F(θ₁), jumps to
@@ -96,8 +102,8 @@ def run(binned, counts, params):
     n_pairs = counts.sum(1)
     previous_ll = np.full(counts.shape[0], -np.inf)
     for cycle in range(1, EM_MAX_CYCLES + 1):
-        first, _ = _em_step(binned, counts, params, sd_floor)
-        second, ll_first = _em_step(binned, counts, first, sd_floor)
+        first, _ = _em_step(binned, counts, params, sd_floor, fixed_eps)
+        second, ll_first = _em_step(binned, counts, first, sd_floor, fixed_eps)
         v0, v1, v2 = _to_vector(params), _to_vector(first), _to_vector(second)
         with np.errstate(invalid="ignore"):  # −inf − (−inf) where ε = 0: caught by `finite`
             r, v = v1 - v0, v2 - 2 * v1 + v0
@@ -106,27 +112,34 @@ def run(binned, counts, params):
         alpha = -np.sqrt((r**2).sum(1)) / np.maximum(np.sqrt((v**2).sum(1)), 1e-300)
         alpha = np.clip(alpha, -SQUAREM_MAX_STEP, -1.0)[:, None]  # an unbounded jump overflows where r is tiny
         jumped = _from_vector(np.where(finite[:, None], v0 - 2 * alpha * r + alpha**2 * v, v2), n_components, sd_floor)
+        jumped = (_hold(jumped[0], fixed_eps), *jumped[1:])
         with np.errstate(all="ignore"):  # a wild jump gives NaN or −inf likelihood and is discarded just below
-            stabilised, ll_jumped = _em_step(binned, counts, jumped, sd_floor)
+            stabilised, ll_jumped = _em_step(binned, counts, jumped, sd_floor, fixed_eps)
         jump_helped = ll_jumped >= ll_first  # False for NaN
         params = _choose_rows(jump_helped, stabilised, second)
         ll = np.where(jump_helped, ll_jumped, ll_first)
-        converged = np.all((ll - previous_ll) * n_pairs < EM_TOLERANCE)
+        with np.errstate(invalid="ignore"):  # a row whose likelihood is NaN will not improve: it holds up no other
+            converged = not np.any((ll - previous_ll) * n_pairs >= EM_TOLERANCE)
         previous_ll = ll
         if converged:
             break
-    _, final_ll = _em_step(binned, counts, params, sd_floor)  # the likelihood of the parameters returned
+    _, final_ll = _em_step(binned, counts, params, sd_floor, fixed_eps)  # the likelihood of the parameters returned
     return params, final_ll, cycle
 
 
 def starts(binned, n_components):
-    """Three starts (ε = 0.05, 0.2, 0.4) with the components spread over the quantiles of |z|."""
-    start_eps = np.array([0.05, 0.2, 0.4])
+    """Four starts: ε = 0.05, 0.2, 0.4 with the components spread over the quantiles of |z| and σ their standard
+    deviation; and ε = 0.2 with the last component on the largest |z|, the others spread below it, and σ the margins'
+    robust spread. The fourth lets a lone far margin (1e300 among margins of about 2) have a component of its own:
+    from the others, EM widens the one shared σ to reach it and settles there, with ε̂ near 0."""
+    start_eps = np.array([0.05, 0.2, 0.4, 0.2])
     abs_z = np.abs(np.repeat(binned.centres, binned.counts.astype(int)))
     means = np.quantile(abs_z, (np.arange(n_components) + 0.5) / n_components)
-    rows = start_eps.size
-    return (start_eps, np.full((rows, n_components), 1.0 / n_components), np.tile(means, (rows, 1)),
-            np.full(rows, max(float(np.std(abs_z)), 1e-3 * binned.spread)))
+    below = np.quantile(abs_z, (np.arange(n_components - 1) + 0.5) / max(n_components - 1, 1))
+    to_the_far_margin = np.r_[below, abs_z.max()][-n_components:]
+    sd = max(float(np.std(abs_z)), 1e-3 * binned.spread)
+    return (start_eps, np.full((4, n_components), 1.0 / n_components),
+            np.array([means, means, means, to_the_far_margin]), np.array([sd, sd, sd, binned.spread]))
 
 
 def log_ratio(x, params) -> np.ndarray:
@@ -147,3 +160,17 @@ def snap_to_zero(binned, counts, params):
     ratio = np.exp(np.minimum(log_ratio(binned.centres, params), 700.0))
     at_boundary = (counts * (ratio - 1)).sum(1) <= 0
     return (np.where(at_boundary, 0.0, params[0]), *params[1:])
+
+
+def profile(binned, fitted, eps_grid: np.ndarray) -> np.ndarray:
+    """The profile log-likelihood of ε: for each ε of `eps_grid`, the mean log-likelihood per pair maximised over f
+    with ε held there. Two starts per ε, keeping the better: the fitted f (`fitted`, one row), and `starts`' spread
+    of components (a local maximum from one start alone would make ε look better determined than it is)."""
+    size = eps_grid.size
+    spread = starts(binned, fitted[1].shape[1])
+    from_fit = tuple(np.repeat(p, size, axis=0) for p in fitted[1:])
+    from_spread = tuple(np.repeat(p[:1], size, axis=0) for p in spread[1:])
+    params = (np.r_[eps_grid, eps_grid], *(np.concatenate(pair) for pair in zip(from_fit, from_spread)))
+    counts = np.tile(binned.counts, (2 * size, 1))
+    _, ll, _ = run(binned, counts, params, fixed_eps=np.r_[eps_grid, eps_grid])
+    return np.maximum(ll[:size], ll[size:])
