@@ -1,7 +1,9 @@
 """`trl-robust demo`: its arguments, what it prints (the table and the sentences that say whether a difference is
 larger than its spread, from records worked out by hand), and one real run through the console script."""
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +89,8 @@ def test_the_demo_says_what_it_will_do_before_training_and_prints_the_table(tmp_
     printed = capsys.readouterr().out
     assert comparison_table(HAND_RECORDS, 0.4) in printed
     assert (tmp_path / "demo" / "training_curves.png").stat().st_size > 10_000
+    written = [json.loads(line) for line in (tmp_path / "demo" / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["method"], r["seed"]) for r in written) == sorted((r["method"], r["seed"]) for r in HAND_RECORDS)
 
 
 def test_demo_help_names_the_command(capsys):
@@ -126,9 +130,14 @@ def test_demo_command_trains_shows_progress_prints_the_table_and_writes_a_plot(t
     (auto_row,) = [line for line in result.stdout.splitlines() if line.startswith("| ROPO auto, last epoch |")]
     assert "(true 40%)" in auto_row  # the auto mode's estimate, made at the start of epoch 2, beside the true rate
     assert "- ROPO auto at its last epoch: " in result.stdout and " over 2 seeds (the mean is " in result.stdout
-    # Progress: the tasks (2 seeds), then every epoch of the 6 runs, not only the finished runs.
-    assert "building the task (reference policy, clean pairs): 100%|" in result.stderr
-    assert "2/2" in result.stderr and "12/12" in result.stderr and "epoch" in result.stderr
+    # Progress that moves within a task and within a run: the tasks' fitting steps (2 seeds × (300 + 100) units, not
+    # only 400 at a time as each task ends), then the epochs of the 6 runs (12 in all), not the runs.
+    shown = {bar: re.findall(rf"{bar}: +\d+%\|[^|]*\| (\d+)/(\d+) ", result.stderr)
+             for bar in (r"building the task \(reference policy, clean pairs\)", "training")}
+    tasks, epochs = ([(int(done), int(total)) for done, total in bar] for bar in shown.values())
+    assert tasks[-1] == (800, 800) and any(done % 400 for done, _ in tasks), tasks
+    assert epochs[-1] == (12, 12) and {total for _, total in epochs} == {12}, epochs
+    assert "6/6 runs done" in result.stderr
     assert (out / "training_curves.png").stat().st_size > 10_000
     # Quiet: the progress bars, nothing from the workers' datasets, weights or third-party deprecations.
     output = result.stdout + result.stderr

@@ -11,6 +11,7 @@ than its spread) and writes `training_curves.png` to the output directory: clean
 a band, DPO's early-stopping epoch marked, and the auto mode's flip-rate estimate next to the true rate.
 """
 
+import json
 import math
 import os
 import statistics
@@ -28,7 +29,8 @@ BASELINE = "DPO early-stopped"
 
 @dataclass
 class DemoArguments:
-    output_dir: str = field(default="trl-robust-demo", metadata={"help": "Where the plot and raw results go."})
+    output_dir: str = field(default="trl-robust-demo", metadata={
+        "help": "Where the plot (training_curves.png), the raw curves (results.jsonl) and the cached tasks (work/) go."})
     flip_rate: float = field(default=0.4, metadata={"help": "Fraction of training labels flipped at random, in [0, 1)."})
     seeds: int = field(default=3, metadata={"help": "Seeds per method (task, label noise and training), paired."})
     seed: int = field(default=0, metadata={"help": "The first seed; seeds run from it."})
@@ -105,6 +107,8 @@ def run_demo(args: DemoArguments) -> str:
     start = time.perf_counter()
     results = run_grid(jobs, out / "work", workers=workers, results_file=None)
     results.sort(key=lambda r: (DEMO_METHODS.index(r["method"]), r["seed"]))
+    # The raw curves, one run a line, for a reader who wants other numbers than the table's (this run's, not appended)
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
     spread = (f"mean over {len(seeds)} seeds ({seeds[0]}–{seeds[-1]}), band = lowest to highest seed"
               if len(seeds) > 1 else f"one seed ({args.seed}): single-run wiggles are noise")
     title = f"Synthetic task, {args.flip_rate:.0%} of the training labels flipped — {spread}"
@@ -116,7 +120,7 @@ def run_demo(args: DemoArguments) -> str:
         "the epoch with the best accuracy on a *noisy* validation split (what you can do without clean labels); the "
         "other rows are read at their last epoch, not stopped early. 'ROPO auto' = `loss_type: ropo` with "
         "`ropo_filter_ratio: auto`, which estimates the flip rate each epoch and distrusts that share.\n"
-        f"Plot: {out / 'training_curves.png'}"
+        f"Plot: {out / 'training_curves.png'}; each run's curves: {out / 'results.jsonl'}"
     )
     return table
 
@@ -186,11 +190,15 @@ def main(argv=None) -> None:
     # prog: the usage line names the command the user typed, not the console script alone
     parser = HfArgumentParser(DemoArguments, prog="trl-robust demo", description=__doc__.split("\n\n")[0])
     (args,) = parser.parse_args_into_dataclasses(argv)
+    # A message, not a traceback: the fix is a flag (exit 2, as argparse's own errors) or one install (exit 1).
     try:
         check_arguments(args)
-        require_matplotlib("trl-robust demo (its plot, training_curves.png)", extra="demo")
-    except (ValueError, ImportError) as bad:  # a message, not a traceback: the fix is a flag or one install
+    except ValueError as bad:
         parser.exit(2, f"{parser.prog}: error: {bad}\n")
+    try:
+        require_matplotlib("trl-robust demo (its plot, training_curves.png)", extra="demo")
+    except ImportError as missing:
+        parser.exit(1, f"{parser.prog}: error: {missing}\n")
     run_demo(args)
 
 

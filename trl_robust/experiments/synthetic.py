@@ -66,10 +66,11 @@ def random_prompts(n: int, rng: random.Random) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 4))) for _ in range(n)]
 
 
-def fit_reference_policy(path, seed: int = 0, steps: int = 300, hidden_size: int = 32) -> str:
+def fit_reference_policy(path, seed: int = 0, steps: int = 300, hidden_size: int = 32, on_step=None) -> str:
     """Create the tiny model at `path` and fit it to answer prompts with random 3–6-word responses; return the path.
 
-    A short plain next-token loop on the completion tokens: this is set-up, not the method under test.
+    A short plain next-token loop on the completion tokens: this is set-up, not the method under test. `on_step()`,
+    where given, is called after each step (a progress bar: the fit takes most of a task's minute on a small CPU).
     """
     path = Path(path)
     make_tiny_model(path, seed=seed, hidden_size=hidden_size)
@@ -98,6 +99,8 @@ def fit_reference_policy(path, seed: int = 0, steps: int = 300, hidden_size: int
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+        if on_step is not None:
+            on_step()
     model.save_pretrained(path)
     return str(path)
 

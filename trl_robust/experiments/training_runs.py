@@ -113,8 +113,14 @@ def task_dir(root: Path, seed: int, setting: Setting | None = None) -> Path:
     return Path(root) / "tasks" / (f"{name}-seed{seed}" if name else f"seed{seed}")
 
 
-def build_task(root, seed: int, setting: Setting) -> Path:
-    """Fit the reference policy and draw the clean pairs for `seed`, cached under `root/tasks/seed<seed>`."""
+# The work of building a task, in units of the reference policy's fitting steps (its default 300), for a progress bar:
+# drawing the pairs afterwards takes about as long as 100 of them.
+TASK_STEPS, PAIR_DRAWING_STEPS = 300, 100
+
+
+def build_task(root, seed: int, setting: Setting, progress=None) -> Path:
+    """Fit the reference policy and draw the clean pairs for `seed`, cached under `root/tasks/seed<seed>`.
+    `progress(n)`, where given, is told of the work done, `TASK_STEPS + PAIR_DRAWING_STEPS` in all."""
     from transformers import AutoModelForCausalLM
 
     from .synthetic import RewardModel, fit_reference_policy, make_preference_pairs, random_prompts
@@ -123,7 +129,8 @@ def build_task(root, seed: int, setting: Setting) -> Path:
     data_file = directory / "pairs.json"
     if data_file.exists():
         return directory
-    reference_path = fit_reference_policy(directory / "reference", seed=seed)
+    reference_path = fit_reference_policy(directory / "reference", seed=seed, steps=TASK_STEPS,
+                                          on_step=(lambda: progress(1)) if progress else None)
     reference = AutoModelForCausalLM.from_pretrained(reference_path)
     reward = RewardModel.from_seed(seed, setting.reward)
     n_pairs = setting.n_train + setting.n_validation + setting.n_test
@@ -135,6 +142,8 @@ def build_task(root, seed: int, setting: Setting) -> Path:
         "reward_prompts": random_prompts(setting.n_reward_prompts, random.Random(f"reward-prompts-{seed}")),
     }
     data_file.write_text(json.dumps(data))
+    if progress:
+        progress(PAIR_DRAWING_STEPS)
     return directory
 
 
@@ -223,6 +232,8 @@ def run_job(job: Job, root) -> dict:
 
     class PolicyReward(TrainerCallback):
         def on_epoch_end(self, args, state, control, model=None, **kwargs):
+            if _reports is not None:  # run_grid's bar moves at every epoch, not only when a run ends (minutes apart)
+                _reports.put(1)
             if not setting.reward_gain_every_epoch and state.epoch < setting.epochs - 1e-6:
                 policy_rewards.append(math.nan)
                 return
@@ -262,8 +273,21 @@ def run_job(job: Job, root) -> dict:
         "seconds": time.perf_counter() - start,
     }
 
-def _run_job_star(arguments):
-    return run_job(*arguments)
+# In a worker process of `run_grid`: the queue to which the work done is reported, for its progress bars.
+_reports = None
+
+
+def _start_worker(reports) -> None:
+    import torch
+
+    global _reports
+    quiet_libraries()
+    torch.set_num_threads(1)  # `workers` processes share the cores; one thread each is faster for a model this small
+    _reports = reports
+
+
+def _build_task_in_worker(arguments) -> Path:
+    return build_task(*arguments, progress=_reports.put if _reports is not None else None)
 
 
 def quiet_libraries() -> None:
@@ -285,26 +309,59 @@ def quiet_libraries() -> None:
 
 
 def run_grid(jobs: list[Job], root, workers: int = 2, results_file=None, progress=True) -> list[dict]:
-    """Run `jobs` (tasks built first), `workers` processes with one thread each; append each result to `results_file`."""
+    """Run `jobs`, `workers` processes with one thread each; append each result to `results_file`.
+
+    The tasks (one per seed and setting) are built first, in the same workers, each once (cached under `root`). With
+    `progress`, a bar for the tasks that moves at every fitting step and one for the training that moves at every
+    epoch of every run: a task or a run takes minutes on a small CPU, and a bar that moved only when one finished
+    looked like a hang.
+    """
     from tqdm.auto import tqdm
 
+    if not jobs:
+        return []
     quiet_libraries()
     root = Path(root)
-    for seed, setting in dict.fromkeys((j.seed, j.setting) for j in jobs):
-        build_task(root, seed, setting)
-    results = []
+    tasks = [(root, seed, setting) for seed, setting in dict.fromkeys((j.seed, j.setting) for j in jobs)
+             if not (task_dir(root, seed, setting) / "pairs.json").exists()]
     context = multiprocessing.get_context("spawn")  # torch + fork is fragile; spawn is what accelerate uses too
-    with context.Pool(workers, initializer=quiet_libraries) as pool, tqdm(
-        total=len(jobs), disable=not progress, desc="runs"
-    ) as bar:
-        for result in pool.imap_unordered(_run_job_star, [(job, root) for job in jobs]):
-            results.append(result)
-            if results_file is not None:
-                with open(results_file, "a") as f:
-                    f.write(json.dumps(result) + "\n")
-            bar.set_postfix_str(f"{result['method']} {result['noise']} {result['flip_rate']} seed {result['seed']}")
-            bar.update()
+    reports = context.SimpleQueue() if progress else None
+    results = []
+
+    def record(result):
+        results.append(result)
+        if results_file is not None:
+            with open(results_file, "a") as f:
+                f.write(json.dumps(result) + "\n")
+        bar.set_postfix_str(f"{len(results)}/{len(jobs)} runs done, last: {result['method']} {result['noise']} "
+                            f"{result['flip_rate']} seed {result['seed']}")
+
+    with context.Pool(workers, initializer=_start_worker, initargs=(reports,)) as pool:
+        with tqdm(total=len(tasks) * (TASK_STEPS + PAIR_DRAWING_STEPS), disable=not progress or not tasks,
+                  desc="building the task (reference policy, clean pairs)", unit="step") as bar:
+            _follow([pool.apply_async(_build_task_in_worker, (task,)) for task in tasks], reports, bar)
+        with tqdm(total=sum(job.setting.epochs for job in jobs), disable=not progress, desc="training",
+                  unit="epoch") as bar:
+            _follow([pool.apply_async(run_job, (job, root)) for job in jobs], reports, bar, record)
     return results
+
+
+def _follow(pending: list, reports, bar, on_result=None) -> None:
+    """Wait for the workers' `pending` results, handing each to `on_result` as it comes, and move `bar` by the work
+    they report meanwhile."""
+    while pending:
+        for finished in [p for p in pending if p.ready()]:
+            pending.remove(finished)
+            result = finished.get()  # a worker's exception is raised here
+            if on_result is not None:
+                on_result(result)
+        while reports is not None and not reports.empty():
+            bar.update(reports.get())
+        if pending:
+            pending[0].wait(0.5)
+    while reports is not None and not reports.empty():
+        reports.get()  # what was still in flight: the bar ends full below, and the next one starts from zero
+    bar.update(bar.total - bar.n)
 
 
 # ---- summaries -------------------------------------------------------------------------------------------------
@@ -327,13 +384,11 @@ def summarise(result: dict) -> dict:
     }
 
 
-
 def grid_jobs(methods, flip_rates, seeds, setting: Setting, bias_rate: float | None = None) -> list[Job]:
     jobs = [Job(m, "symmetric", r, s, setting) for s in seeds for r in flip_rates for m in methods]
     if bias_rate is not None:
         jobs += [Job(m, "prefer_longer", bias_rate, s, setting) for s in seeds for m in methods]
     return jobs
-
 
 
 def cpu_workers() -> int:
