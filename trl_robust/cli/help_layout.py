@@ -64,8 +64,9 @@ def group_robust_options(parser: argparse.ArgumentParser, command: str) -> None:
             [action for action in parser._actions if action.dest in LABEL_NOISE_FIELDS],
         ),
     ]
-    # `loss_type` first: the one option that turns a robust loss on.
-    groups[0][2].sort(key=lambda action: action.dest != "loss_type")
+    # `loss_type` first (the one option that turns a robust loss on), then the losses' own settings, then the filter
+    settings = ["loss_type", *registered_hyperparameters(), "sympo_reward_clip"]
+    groups[0][2].sort(key=lambda action: settings.index(action.dest) if action.dest in settings else len(settings))
     created = []
     for title, description, actions in groups:
         group = parser.add_argument_group(title, description)
