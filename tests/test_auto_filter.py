@@ -233,7 +233,7 @@ def saved_epoch_filter(checkpoint) -> dict:
 
 
 def assert_resumed_as_uninterrupted(full, resumed, checkpoint):
-    """Every step after `checkpoint` logs the same loss, filtered share, estimate and ratio, and the models end equal."""
+    """Each step after `checkpoint` logs the same loss, filtered share, estimate and ratio; the models end equal."""
     def by_step(trainer):
         return {e["step"]: e for e in trainer.state.log_history if "loss" in e}
 
@@ -294,21 +294,21 @@ def test_a_run_resumed_under_each_save_strategy_estimates_and_filters_as_the_uni
     assert_resumed_as_uninterrupted(full, resumed, checkpoint)
 
 
-# --- the filter's state belongs to the training set it was built on ----------------------------------------------------
+# --- the filter's state belongs to the training set it was built on ---------------------------------------------
 
 
 def write_checkpoint(checkpoint, attributes):
     """A checkpoint's trainer_state.json holding the epoch filter's state, as the callback writes it."""
     checkpoint.mkdir(parents=True)
-    state = {"global_step": 6, "stateful_callbacks": {"trl_robust.RopoEpochFilter": {"args": {}, "attributes": attributes}}}
-    (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+    saved = {"trl_robust.RopoEpochFilter": {"args": {}, "attributes": attributes}}
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 6, "stateful_callbacks": saved}))
 
 
 @pytest.mark.parametrize("resume", ["path", True])
 @pytest.mark.parametrize(
     "attributes, built_on",
     [
-        ({"epoch": 1, "rows": [2, 20], "n_rows": 32, "estimates": [0.2], "margins": [[24, 25], [0.5, -1.0]]}, "32 rows"),
+        ({"epoch": 1, "rows": [2, 20], "n_rows": 32, "estimates": [0.2], "margins": [[24, 25], [0.5, -1]]}, "32 rows"),
         ({"epoch": 1, "rows": [2, 20], "estimates": [0.2], "margins": [[24, 25], [0.5, -1.0]]}, "at least 26 rows"),
     ],
     ids=["recorded-size", "older-checkpoint"],
@@ -342,7 +342,8 @@ def test_resuming_through_train_with_another_training_set_is_refused_with_a_mess
     first = RobustDPOTrainer(model=tiny_model_path, args=auto_args(tmp_path, 8, **args), train_dataset=noisy_pairs(32))
     first.train()
     assert saved_epoch_filter(tmp_path / "out" / "checkpoint-6")["n_rows"] == 32
-    smaller = RobustDPOTrainer(model=tiny_model_path, args=auto_args(tmp_path, 8, **args), train_dataset=noisy_pairs(16))
+    smaller = RobustDPOTrainer(model=tiny_model_path, args=auto_args(tmp_path, 8, **args),
+                               train_dataset=noisy_pairs(16))
     with pytest.raises(ValueError, match="the checkpoint resumed from was built on a training set of 32 rows, and "
                                          "this run's training set has 16"):
         smaller.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-6"))

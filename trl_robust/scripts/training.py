@@ -19,6 +19,7 @@ from trl_robust.builtin import materialise_builtins
 from trl_robust.cli.arguments import LabelNoiseArguments, UsageError, parse_command_args
 from trl_robust.cli.dataset_file import dataset_file_as_mixture
 from trl_robust.cli.distributed import end_distributed
+from trl_robust.cli.orphans import die_with_launcher
 from trl_robust.compat import TRL_SCRIPT_TRAINERS, check_trl_script
 from trl_robust.data import flip_preferences
 
@@ -78,6 +79,7 @@ def run_trl_script(command: str, trainer_cls: type, dataclasses: tuple) -> None:
 
 def script_entry(command: str, main) -> None:
     """`python -m trl_robust.scripts.<command>`: parse as `trl-robust <command>` does, then `main`."""
+    die_with_launcher()  # a rank of a multi-process run ends with its launcher, even one killed by SIGKILL
     prog = f"python -m trl_robust.scripts.{command}"
     # `trl-robust <command>` checked `output_dir` before launching; a rank of a distributed run would find it being
     # written.
