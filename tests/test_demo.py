@@ -100,6 +100,14 @@ def test_demo_help_names_the_command(capsys):
     assert capsys.readouterr().out.startswith("usage: trl-robust demo ")
 
 
+def test_demo_parses_its_flags_without_importing_transformers(monkeypatch, capsys):
+    # Importing transformers takes seconds; the demo's help, its errors and its first line must not wait for it.
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now raises ImportError
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--help"])
+    assert exit_info.value.code == 0 and "--flip_rate FLIP_RATE" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argument, message", [
     (["--flip_rate", "1.5"], "--flip_rate must be in [0, 1), got 1.5"),
     (["--epochs", "0"], "--epochs must be at least 1, got 0"),

@@ -11,13 +11,14 @@ than its spread) and writes `training_curves.png` to the output directory: clean
 a band, DPO's early-stopping epoch marked, and the auto mode's flip-rate estimate next to the true rate.
 """
 
+import argparse
 import json
 import math
 import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from ..optional import require_matplotlib
@@ -185,11 +186,13 @@ def plot_training_curves(results: list[dict], path, title: str | None = None) ->
 
 def main(argv=None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import HfArgumentParser
-
-    # prog: the usage line names the command the user typed, not the console script alone
-    parser = HfArgumentParser(DemoArguments, prog="trl-robust demo", description=__doc__.split("\n\n")[0])
-    (args,) = parser.parse_args_into_dataclasses(argv)
+    # Plain argparse over DemoArguments' fields, not transformers' HfArgumentParser: importing transformers takes
+    # seconds, and the demo's first line (what it is about to do) should come at once.
+    parser = argparse.ArgumentParser(prog="trl-robust demo", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for option in fields(DemoArguments):
+        parser.add_argument(f"--{option.name}", type=option.type, default=option.default, help=option.metadata["help"])
+    args = DemoArguments(**vars(parser.parse_args(argv)))
     # A message, not a traceback: the fix is a flag (exit 2, as argparse's own errors) or one install (exit 1).
     try:
         check_arguments(args)
