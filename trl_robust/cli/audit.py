@@ -70,8 +70,8 @@ class AuditArguments:
         metadata={"help": "Clean-and-retrain: also write `cleaned/train.jsonl` in output_dir, the audited split with its "
                   "most suspicious pairs (this share, in [0, 1)) dropped or swapped; pass that directory as "
                   "`--dataset_name` to retrain. Identical pairs are cleaned together. Refused (exit 2, the audit's "
-                  "files written) when the ranking carries no information: every z the same, or the noise estimate "
-                  "cannot tell. 0 = write nothing more."},
+                  "files written) when the ranking carries no information: every z the same, or margins that a flip "
+                  "rate of 1/2 fits (a model with no opinion; the summary says why). 0 = write nothing more."},
     )
     clean_mode: str = field(
         default="drop",
