@@ -496,7 +496,10 @@ def test_an_unwritable_cache_is_refused_only_while_a_built_in_is_missing_from_it
 
 
 def test_launcher_arguments_go_to_accelerate_and_the_rest_to_the_training_module(tmp_path, monkeypatch):
-    monkeypatch.delenv("TRL_ROBUST_TEST_VARIABLE", raising=False)  # restored (removed) after the test
+    # Removed after the test: `delenv(raising=False)` alone records nothing for an unset variable, so the value TRL's
+    # parser sets from `env:` would outlive the test.
+    monkeypatch.setenv("TRL_ROBUST_TEST_VARIABLE", "")
+    monkeypatch.delenv("TRL_ROBUST_TEST_VARIABLE")
     recipe = {**VALID, "learning_rate": 1e-6, "num_processes": 2, "multi_gpu": True, "accelerate_config": "zero2"}
     recipe["env"] = {"TRL_ROBUST_TEST_VARIABLE": "set"}  # TRL's `env:` key, not accelerate's `--env`
     config = write_yaml(tmp_path / "recipe.yaml", recipe)
