@@ -1,11 +1,12 @@
 """Ranks (of training, or of an audit) that die with their launcher.
 
-`trl-robust dpo|reward|audit --num_processes N` runs accelerate's launch inside the `trl-robust` process, and
-accelerate runs torch's elastic agent there, which starts each rank as a child process in a session of its own. A
-SIGTERM or SIGINT to the command reaches the agent, which stops the ranks; a SIGKILL (an OOM killer, `kill -9`, a
-scheduler's hard stop) does not, and the ranks, which need the agent only to start, went on training and writing
-checkpoints into `output_dir`, where a concurrent `--resume_from_checkpoint true` picked one up. So each rank asks the
-kernel to send it SIGTERM when its parent dies (Linux's `prctl(PR_SET_PDEATHSIG)`).
+`trl-robust dpo|reward --num_processes N` runs accelerate's launch inside the `trl-robust` process (as `accelerate
+launch -m trl_robust.scripts.audit` does in its own), and accelerate runs torch's elastic agent there, which starts
+each rank as a child process in a session of its own. A SIGTERM or SIGINT to the command reaches the agent, which stops
+the ranks; a SIGKILL (an OOM killer, `kill -9`, a scheduler's hard stop) does not, and the ranks, which need the agent
+only to start, went on training and writing checkpoints into `output_dir`, where a concurrent `--resume_from_checkpoint
+true` picked one up. So each rank asks the kernel to send it SIGTERM when its parent dies (Linux's
+`prctl(PR_SET_PDEATHSIG)`).
 """
 
 import ctypes
