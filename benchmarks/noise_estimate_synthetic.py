@@ -1,10 +1,11 @@
 """How well the label-noise estimators of `trl_robust.noise` recover a known flip rate from synthetic margins.
 
-Clean-label margins are drawn from one of five shapes, a known share ε of them is negated (exactly round(ε·n) pairs),
+Clean-label margins are drawn from one of eight shapes, a known share ε of them is negated (exactly round(ε·n) pairs),
 and every estimator sees only the margins. Per estimator × shape × ε, over several seeds:
 - ε̂ mean ± sd (the truth is ε, also in the memorised case, where the estimators cannot see it);
 - coverage: in how many seeds the bootstrap interval contains ε;
 - AUROC of p_flipped against the truly flipped pairs (— at ε = 0, where there are none);
+- "?k" where in k seeds the estimate said it cannot tell (`NoiseEstimate.cannot_tell`; nothing where none did);
 and, once per estimator, the time for 10,000 margins at the default settings.
 
 Shapes of the clean margins:
@@ -12,9 +13,13 @@ Shapes of the clean margins:
 - gamma: Gamma(shape 2, scale 1) − 0.5, right-skewed with a hard lower edge at −0.5;
 - student_t: 1.5 + t with 3 degrees of freedom, heavy tails on both sides;
 - memorised: gaussian, but half the flipped pairs were memorised by the policy: their margin is back on the clean side;
-- calibrated: σ(z) is the true probability that the label is right (the case `calibrated_em` assumes).
+- calibrated: σ(z) is the true probability that the label is right (the case `calibrated_em` assumes);
+- outlier: gaussian, one pair's margin replaced by 50 (issue 19: one such margin silenced the estimate);
+- heavy_scale: gaussian, each margin times its own lognormal(0, 1) factor (a positive factor: the flips stay);
+- weak: N(0.2, 1), a barely trained model: about 58% of the pairs on the right side; the estimators should say they
+  cannot tell.
 
-    python benchmarks/noise_estimate_synthetic.py                  # 10 seeds, 4,000 pairs: ~2 min on 2 CPU cores
+    python benchmarks/noise_estimate_synthetic.py                  # 10 seeds, 4,000 pairs: ~6 min on 2 CPU cores
     python benchmarks/noise_estimate_synthetic.py --seeds 3 --n 2000
 """
 
@@ -50,12 +55,26 @@ def memorised(rng, n, flip_rate):
     return np.where(flipped & (rng.random(n) < MEMORISED_SHARE), clean, z), flipped
 
 
+def with_outlier(rng, n, flip_rate):
+    z, flipped = flip_exactly(rng.normal(1.5, 1.0, n), flip_rate, rng)
+    z[rng.integers(n)] = 50.0
+    return z, flipped
+
+
+def heavy_scale(rng, n, flip_rate):
+    z, flipped = flip_exactly(rng.normal(1.5, 1.0, n), flip_rate, rng)
+    return z * np.exp(rng.normal(0.0, 1.0, n)), flipped
+
+
 SHAPES = {
     "gaussian": lambda rng, n, eps: flip_exactly(rng.normal(1.5, 1.0, n), eps, rng),
     "gamma": lambda rng, n, eps: flip_exactly(rng.gamma(2.0, 1.0, n) - 0.5, eps, rng),
     "student_t": lambda rng, n, eps: flip_exactly(1.5 + rng.standard_t(3, n), eps, rng),
     "memorised": memorised,
     "calibrated": calibrated,
+    "outlier": with_outlier,
+    "heavy_scale": heavy_scale,
+    "weak": lambda rng, n, eps: flip_exactly(rng.normal(0.2, 1.0, n), eps, rng),
 }
 
 
@@ -71,15 +90,16 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def run_cell(method, shape, flip_rate, seeds, n):
-    estimates, covered, aurocs = [], 0, []
+    estimates, covered, aurocs, cannot_tell = [], 0, [], 0
     for seed in range(seeds):
         z, flipped = SHAPES[shape](np.random.default_rng(seed), n, flip_rate)
         estimate = estimate_noise(z, method, seed=seed)
         estimates.append(estimate.flip_rate)
         covered += estimate.interval[0] <= flip_rate <= estimate.interval[1]
+        cannot_tell += getattr(estimate, "cannot_tell", False)  # (absent before issue 19: to compare with then)
         if flipped.any():
             aurocs.append(auroc(estimate.p_flipped, flipped))
-    return np.mean(estimates), np.std(estimates), covered, np.mean(aurocs) if aurocs else None
+    return np.mean(estimates), np.std(estimates), covered, np.mean(aurocs) if aurocs else None, cannot_tell
 
 
 def time_per_10k(method, repeats=5):
@@ -100,15 +120,16 @@ def main():
     args = parser.parse_args()
     header = "| estimator | shape | " + " | ".join(f"ε = {eps:.1f}" for eps in FLIP_RATES) + " |"
     print(f"ε̂ mean ± sd over {args.seeds} seeds, n = {args.n}; [coverage of the 90% interval / {args.seeds}]; "
-          "AUROC of p_flipped for the flipped pairs\n")
+          "AUROC of p_flipped for the flipped pairs; ?k: cannot tell in k seeds\n")
     print(header)
     print("|" + "---|" * (len(FLIP_RATES) + 2))
     for method in ESTIMATORS:
         for shape in SHAPES:
             cells = []
             for flip_rate in FLIP_RATES:
-                mean, sd, covered, auc = run_cell(method, shape, flip_rate, args.seeds, args.n)
-                cells.append(f"{mean:.3f} ± {sd:.3f} [{covered}] " + (f"{auc:.2f}" if auc is not None else "—"))
+                mean, sd, covered, auc, cannot_tell = run_cell(method, shape, flip_rate, args.seeds, args.n)
+                cells.append(f"{mean:.3f} ± {sd:.3f} [{covered}] " + (f"{auc:.2f}" if auc is not None else "—")
+                             + (f" ?{cannot_tell}" if cannot_tell else ""))
             print(f"| {method} | {shape} | " + " | ".join(cells) + " |", flush=True)
     print()
     for method in ESTIMATORS:

@@ -10,16 +10,19 @@ The test is a likelihood (support) interval: the flip rates whose profile likeli
 
     { ε : n (ℓ̂ − ℓ_p(ε)) ≤ log 32 },    ℓ_p(ε) = max over everything else of the mean log-likelihood per pair, ε held
 
+(everything else: the clean density f and, for `symmetric_mixture`, which transform of the margins it is fitted to)
+
 (1/32: "strong evidence" against the rates outside, Royall 1997; about a 99% interval where the usual asymptotics
 hold, and unlike the bootstrap's it does not collapse at a boundary). The margins cannot tell when it
 - reaches 1/2: a flip rate of 50%, at which g is symmetric whatever f is (a label then says nothing about which
   answer is better), fits them about as well as ε̂; margins ~ N(0, 1) are like that at any flip rate; or
 - is wider than `WIDEST_INFORMATIVE`: half the range of possible flip rates fits them about equally well.
 Why so strict a ratio: where ε is this weakly identified the likelihood ratio is not χ²-distributed, and the
-mixture's spare components fit noise. On 10 draws each, clean margins N(δ, 1) with 25% flipped and 2,000 pairs
-(δ = 0.1, 0.2, 0.3: a barely trained model) gave "cannot tell" in 8, 10 and 10 at 1/32 but in 7-8, 5-7 and 6 at the
-90% χ² threshold, with ε̂ 0.35–0.46 where it could "tell"; margins that separate the pairs (δ = 1.5, 0–40% flipped,
-1,000 or 4,000 pairs) never did, and δ = 0.7 did once.
+mixture's spare components fit noise. On 10 draws each of clean margins N(δ, 1), 25% flipped, 2,000 pairs, a barely
+trained model (δ = 0.1, 0.2, 0.3) gave "cannot tell" in 8, 10 and 10 at 1/32 (the other two said 45% and 47%), but
+in only 8, 7 and 6 at the 90% χ² threshold, with ε̂ 0.35–0.46 where it "could tell". Margins that separate the
+pairs (δ = 1.5, 0–40% flipped, 1,000 or 4,000 pairs) never gave it; δ = 0.7 with 20% flipped did in 2 of 10 (the
+others: 0.22–0.27), δ = 1 with 300 pairs in 3 of 10.
 """
 
 import math
