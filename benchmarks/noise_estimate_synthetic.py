@@ -19,8 +19,8 @@ Shapes of the clean margins:
 - weak: N(0.2, 1), a barely trained model: about 58% of the pairs on the right side; the estimators should say they
   cannot tell.
 
-    python benchmarks/noise_estimate_synthetic.py                  # 10 seeds, 4,000 pairs: ~6 min on 2 CPU cores
-    python benchmarks/noise_estimate_synthetic.py --seeds 3 --n 2000
+    python benchmarks/noise_estimate_synthetic.py                  # 10 seeds, 4,000 pairs: ~15 min on 2 shared cores
+    python benchmarks/noise_estimate_synthetic.py --seeds 3 --n 2000   # the quick mode: ~2 min
 """
 
 import argparse
