@@ -12,8 +12,9 @@ import trl
 from datasets import Dataset
 
 import trl_robust
+from trl_robust.cli import arguments
 from trl_robust.cli.arguments import UsageError, parse_command_args
-from trl_robust.cli.dataset_file import check_dataset_file, dataset_file_as_mixture
+from trl_robust.cli.dataset_file import dataset_file_as_mixture
 from trl_robust.tiny import tiny_preference_records
 
 MODEL = "Qwen/Qwen2.5-0.5B-Instruct"  # a Hub id: offline, any attempt to load it would fail
@@ -115,13 +116,16 @@ def test_a_directory_a_hub_id_and_a_given_mixture_are_left_to_trl(tmp_path):
     ],
 )
 def test_a_file_that_cannot_serve_the_run_is_refused_before_any_model_loads(
-    tmp_path, trl_restored, no_model_loading, name, flags, expected
+    tmp_path, monkeypatch, trl_restored, no_model_loading, name, flags, expected
 ):
     from trl_robust.scripts.training import run_trl_script
 
-    args = parse("reward", tmp_path, write(tmp_path / name), *flags)
-    with pytest.raises(UsageError) as checked:  # where `trl-robust` checks its arguments
-        check_dataset_file(args.script_args, args.training_args)
+    data = write(tmp_path / name)
+    with pytest.raises(UsageError) as checked:  # where `trl-robust` parses its arguments, before launching
+        parse("reward", tmp_path, data, *flags)
+    with monkeypatch.context() as unchecked:  # the same arguments, as a training process gets them
+        unchecked.setattr(arguments.dataset_file, "check_dataset_file", lambda *args: None)
+        args = parse("reward", tmp_path, data, *flags)
     with pytest.raises(UsageError) as in_the_script:  # and again in each training process, before TRL's script runs
         run_trl_script("reward", stand_in_trainer({}), args.dataclasses)
     for message in (str(checked.value), str(in_the_script.value)):

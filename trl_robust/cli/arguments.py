@@ -33,7 +33,7 @@ from ..config import RobustDPOConfig
 from ..data import FLIP_MODES
 from ..paths import looks_like_local_path
 from ..reward.config import RobustRewardConfig
-from . import checkpoints, config_file, help_layout, launcher
+from . import checkpoints, config_file, dataset_file, help_layout, launcher
 from .parser import CommandParser, bad_values
 from .usage import Problems, UsageError, dataclass_keys, field_of, suggestion
 
@@ -192,6 +192,9 @@ def parse_command_args(argv: list[str], command: str, prog: str, check_output_di
         _check_environment(config, script_args, model_args, problems)
     notices, resume_from_latest = [], False
     if training_args is not None:
+        if script_args is not None:
+            with problems.collecting():  # a single data file: its format, and the one split it makes
+                dataset_file.check_dataset_file(script_args, training_args, dataset_args)
         with problems.collecting():
             checkpoints.check_output_dir_is_a_directory(Path(training_args.output_dir))
         resume_from_latest = checkpoints.resumes_from_latest(training_args.resume_from_checkpoint)
