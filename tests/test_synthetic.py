@@ -80,3 +80,11 @@ def test_early_stopping_uses_the_noisy_validation_curve():
     tie = result("DPO", 0.4, clean=[0.6, 0.7], noisy=[0.5, 0.5], gain=[0.1, 0.3])
     assert runs.early_stop_epoch(tie) == 0  # ties go to the earlier epoch
 
+
+
+def test_fitting_the_reference_policy_reports_each_step(tmp_path):
+    # run_grid's task bar counts these steps: a task takes a minute on a small CPU, and a bar that moved only when it
+    # ended looked like a hang.
+    steps = []
+    fit_reference_policy(tmp_path / "reference", seed=0, steps=3, hidden_size=8, on_step=lambda: steps.append(1))
+    assert len(steps) == 3
