@@ -42,7 +42,8 @@ def test_the_table_has_dpo_at_its_last_epoch_and_each_paired_difference_with_its
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
     # DPO early-stopped: 70, 62, 69 -> mean 67.0, deviations 3, -5, 2 -> sd sqrt(38/2) = 4.36
     assert rows["DPO, early-stopped"] == "| DPO, early-stopped | 67.0 ± 4.4% | – | – |"
-    # DPO last epoch: 65, 66, 69 -> 66.67, sd sqrt(26/3 / 2) = 2.08; paired -5, +4, 0 -> -0.33, sd sqrt(122/3 / 2) = 4.51
+    # DPO last epoch: 65, 66, 69 -> 66.67, sd sqrt(26/3 / 2) = 2.08;
+    # paired -5, +4, 0 -> -0.33, sd sqrt(122/3 / 2) = 4.51
     assert rows["DPO, last epoch"] == "| DPO, last epoch | 66.7 ± 2.1% | -0.3 ± 4.5 pts | – |"
     # ROPO: 75, 70, 76 -> 73.67, sd sqrt(62/3 / 2) = 3.21; paired 5, 8, 7 -> +6.67, sd sqrt(14/3 / 2) = 1.53
     assert rows["ROPO, last epoch"] == "| ROPO, last epoch | 73.7 ± 3.2% | +6.7 ± 1.5 pts | – |"
@@ -55,8 +56,8 @@ def test_the_table_has_dpo_at_its_last_epoch_and_each_paired_difference_with_its
         "smaller than 2 standard errors, 5.2 pts; higher in 1 of 3 seeds).",
         "- ROPO at its last epoch: +6.7 pts, higher than DPO early-stopped over 3 seeds (the mean is at least 2 "
         "standard errors, 1.8 pts; higher in 3 of 3 seeds).",
-        "- ROPO auto at its last epoch: -0.3 pts, not distinguishable from DPO early-stopped over 3 seeds (the mean is "
-        "smaller than 2 standard errors, 1.8 pts; higher in 1 of 3 seeds).",
+        "- ROPO auto at its last epoch: -0.3 pts, not distinguishable from DPO early-stopped over 3 seeds (the mean "
+        "is smaller than 2 standard errors, 1.8 pts; higher in 1 of 3 seeds).",
     ]
 
 

@@ -31,7 +31,8 @@ BASELINE = "DPO early-stopped"
 @dataclass
 class DemoArguments:
     output_dir: str = field(default="trl-robust-demo", metadata={
-        "help": "Where the plot (training_curves.png), the raw curves (results.jsonl) and the cached tasks (work/) go."})
+        "help": "Where the plot (training_curves.png), the curves (results.jsonl) and the cached tasks (work/) go."
+    })
     flip_rate: float = field(default=0.4, metadata={"help": "Fraction of training labels flipped at random, in [0, 1)."})
     seeds: int = field(default=3, metadata={"help": "Seeds per method (task, label noise and training), paired."})
     seed: int = field(default=0, metadata={"help": "The first seed; seeds run from it."})
@@ -102,9 +103,9 @@ def run_demo(args: DemoArguments) -> str:
     jobs = grid_jobs(DEMO_METHODS, [args.flip_rate], seeds, setting)
     workers = cpu_workers()
     print(f"Training {', '.join(DEMO_METHODS)} on the synthetic task with {args.flip_rate:.0%} of the labels flipped, "
-          f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} × {args.epochs} epochs: first a task per seed (a reference "
-          f"policy and {setting.n_train} training pairs, cached in {out / 'work'}), then {len(jobs)} training runs, "
-          f"{workers} at a time.", flush=True)
+          f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} × {args.epochs} epochs: first a task per seed (a "
+          f"reference policy and {setting.n_train} training pairs, cached in {out / 'work'}), then {len(jobs)} "
+          f"training runs, {workers} at a time.", flush=True)
     start = time.perf_counter()
     results = run_grid(jobs, out / "work", workers=workers, results_file=None)
     results.sort(key=lambda r: (DEMO_METHODS.index(r["method"]), r["seed"]))
@@ -117,10 +118,12 @@ def run_demo(args: DemoArguments) -> str:
     table = comparison_table(results, args.flip_rate)
     print(table)
     print(
-        f"\n{len(results)} runs in {(time.perf_counter() - start) / 60:.1f} min; mean ± std over seeds. 'Early-stopped' = "
-        "the epoch with the best accuracy on a *noisy* validation split (what you can do without clean labels); the "
-        "other rows are read at their last epoch, not stopped early. 'ROPO auto' = `loss_type: ropo` with "
-        "`ropo_filter_ratio: auto`, which estimates the flip rate each epoch and distrusts that share.\n"
+        f"\n{len(results)} runs in {(time.perf_counter() - start) / 60:.1f} min; mean ± std over seeds. "
+        "'Early-stopped' = the epoch with the best accuracy on a *noisy* validation split (what you can do without "
+        "clean labels); the other rows are read at their last epoch, not stopped early. 'ROPO auto' = `loss_type: "
+        "ropo` with `ropo_filter_ratio: auto`, which estimates the flip rate each epoch and distrusts that share. The "
+        "same seeds give the same numbers on one machine and other ones on another (floating-point kernels differ): "
+        "read the paired differences and their spread, not one run's ranking.\n"
         f"Plot: {out / 'training_curves.png'}; each run's curves: {out / 'results.jsonl'}"
     )
     return table
