@@ -2,6 +2,7 @@
 are tested with their harness, in test_benchmark_scripts.py)."""
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from trl_robust.experiments import training_runs as runs
@@ -47,7 +48,14 @@ def test_each_task_variant_has_its_own_cache_and_run_directories(tmp_path):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    path = fit_reference_policy(tmp_path_factory.mktemp("task") / "reference", seed=0, steps=150)
+    # One thread, as run_grid's workers fit it: for a model this small a second thread only waits on the first, and on
+    # cores busy with other work that waiting took several times as long (the same weights either way).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        path = fit_reference_policy(tmp_path_factory.mktemp("task") / "reference", seed=0, steps=150)
+    finally:
+        torch.set_num_threads(threads)
     return AutoModelForCausalLM.from_pretrained(path)
 
 
