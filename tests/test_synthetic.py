@@ -96,3 +96,14 @@ def test_fitting_the_reference_policy_reports_each_step(tmp_path):
     steps = []
     fit_reference_policy(tmp_path / "reference", seed=0, steps=3, hidden_size=8, on_step=lambda: steps.append(1))
     assert len(steps) == 3
+
+
+def test_a_runs_warnings_show_once_each_on_lines_of_their_own(monkeypatch, capsys):
+    # The auto mode's "cannot tell" came at every such epoch of every run, glued to the end of the progress bar's line.
+    monkeypatch.setattr(runs, "_warned", set())
+    for estimate in (0.16, 0.23):  # the same place, other numbers: shown once
+        runs._show_warning_once(UserWarning(f"its estimate of {estimate}"), UserWarning, "filter/state.py", 135)
+    runs._show_warning_once(UserWarning("another"), UserWarning, "filter/state.py", 200)
+    assert capsys.readouterr().err == (
+        "\nfilter/state.py:135: UserWarning: its estimate of 0.16\n\nfilter/state.py:200: UserWarning: another\n"
+    )

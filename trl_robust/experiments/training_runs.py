@@ -17,6 +17,7 @@ import math
 import multiprocessing
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -113,8 +114,7 @@ def task_dir(root: Path, seed: int, setting: Setting | None = None) -> Path:
     return Path(root) / "tasks" / (f"{name}-seed{seed}" if name else f"seed{seed}")
 
 
-# The work of building a task, in units of the reference policy's fitting steps (its default 300), for a progress bar:
-# drawing the pairs afterwards takes about as long as 100 of them.
+# A task's work in the reference policy's fitting steps, for a progress bar: drawing the pairs takes about 100 more.
 TASK_STEPS, PAIR_DRAWING_STEPS = 300, 100
 
 
@@ -273,8 +273,9 @@ def run_job(job: Job, root) -> dict:
         "seconds": time.perf_counter() - start,
     }
 
-# In a worker process of `run_grid`: the queue to which the work done is reported, for its progress bars.
-_reports = None
+# In a worker process of `run_grid`: the queue to which the work done is reported, for its progress bars; and in any
+# process, where the warnings already shown were raised (`_show_warning_once`).
+_reports, _warned = None, set()
 
 
 def _start_worker(reports) -> None:
@@ -291,9 +292,9 @@ def _build_task_in_worker(arguments) -> Path:
 
 
 def quiet_libraries() -> None:
-    """One progress bar for the whole grid, and nothing else: no per-run dataset or weight-loading bars interleaved
-    from the workers, no third-party FutureWarnings (TRL's and transformers' deprecations are for the tests to show),
-    and tqdm's lock a thread lock, so spawned workers leave no semaphore behind ("leaked semaphore" at exit)."""
+    """The grid's progress bars, and little else: no per-run dataset or weight-loading bars from the workers, no
+    third-party FutureWarnings (TRL's and transformers' deprecations are for the tests to show), other warnings once
+    each, and tqdm's lock a thread lock, so spawned workers leave no semaphore behind ("leaked semaphore" at exit)."""
     import threading
     import warnings
 
@@ -305,17 +306,23 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.showwarning = _show_warning_once
     tqdm.set_lock(threading.RLock())
 
 
-def run_grid(jobs: list[Job], root, workers: int = 2, results_file=None, progress=True) -> list[dict]:
-    """Run `jobs`, `workers` processes with one thread each; append each result to `results_file`.
+def _show_warning_once(message, category, filename, lineno, file=None, line=None) -> None:
+    """Each warning (by where it is raised) once per process, on lines of its own: the auto mode's "cannot tell" came
+    at every such epoch, ten lines each time, glued to the end of the progress bar's line."""
+    if (filename, lineno) not in _warned:
+        _warned.add((filename, lineno))
+        sys.stderr.write(f"\n{filename}:{lineno}: {category.__name__}: {message}\n")
 
-    The tasks (one per seed and setting) are built first, in the same workers, each once (cached under `root`). With
-    `progress`, a bar for the tasks that moves at every fitting step and one for the training that moves at every
-    epoch of every run: a task or a run takes minutes on a small CPU, and a bar that moved only when one finished
-    looked like a hang.
-    """
+
+def run_grid(jobs: list[Job], root, workers: int = 2, results_file=None, progress=True) -> list[dict]:
+    """Run `jobs`, `workers` processes with one thread each; append each result to `results_file`. The tasks (one per
+    seed and setting) are built first, in the same workers, once (cached under `root`). With `progress`, a bar for the
+    tasks that moves at every fitting step and one for the training that moves at every epoch of every run: a task or
+    a run takes minutes on a small CPU, and a bar that moved only when one ended looked like a hang."""
     from tqdm.auto import tqdm
 
     if not jobs:
@@ -339,22 +346,19 @@ def run_grid(jobs: list[Job], root, workers: int = 2, results_file=None, progres
     with context.Pool(workers, initializer=_start_worker, initargs=(reports,)) as pool:
         with tqdm(total=len(tasks) * (TASK_STEPS + PAIR_DRAWING_STEPS), disable=not progress or not tasks,
                   desc="building the task (reference policy, clean pairs)", unit="step") as bar:
-            _follow([pool.apply_async(_build_task_in_worker, (task,)) for task in tasks], reports, bar)
+            _follow([pool.apply_async(_build_task_in_worker, (task,)) for task in tasks], reports, bar, lambda _: None)
         with tqdm(total=sum(job.setting.epochs for job in jobs), disable=not progress, desc="training",
                   unit="epoch") as bar:
             _follow([pool.apply_async(run_job, (job, root)) for job in jobs], reports, bar, record)
     return results
 
 
-def _follow(pending: list, reports, bar, on_result=None) -> None:
-    """Wait for the workers' `pending` results, handing each to `on_result` as it comes, and move `bar` by the work
-    they report meanwhile."""
+def _follow(pending: list, reports, bar, on_result) -> None:
+    """Wait for the workers' `pending` results, each to `on_result` as it comes; move `bar` by the work reported."""
     while pending:
         for finished in [p for p in pending if p.ready()]:
             pending.remove(finished)
-            result = finished.get()  # a worker's exception is raised here
-            if on_result is not None:
-                on_result(result)
+            on_result(finished.get())  # a worker's exception is raised here
         while reports is not None and not reports.empty():
             bar.update(reports.get())
         if pending:
