@@ -681,25 +681,3 @@ def test_top_level_help_lists_dpo_env_and_trl_commands(capsys):
         assert command in help_text
 
 
-def test_demo_command_trains_prints_a_table_and_writes_a_plot(tmp_path):
-    out = tmp_path / "demo"
-    result = run_command("trl-robust", "demo", "--epochs", "2", "--seeds", "2", "--output_dir", str(out),
-                         tmp_path=tmp_path, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    for method in ("DPO", "ROPO", "ROPO auto"):
-        assert f"| {method} |" in result.stdout
-    assert "40% of the labels flipped, 2 seeds" in result.stdout
-    # The auto mode's estimate (made at the start of epoch 2) is shown next to the true rate.
-    (auto_row,) = [line for line in result.stdout.splitlines() if line.startswith("| ROPO auto |")]
-    assert "(true 40%)" in auto_row
-    assert (out / "training_curves.png").stat().st_size > 10_000
-    # Quiet: the grid's one progress bar, nothing from the workers' datasets, weights or third-party deprecations.
-    output = result.stdout + result.stderr
-    for noise in ("Tokenizing", "Loading weights", "Flipping", "FutureWarning", "leaked semaphore"):
-        assert noise not in output, noise
-
-
-def test_demo_refuses_a_bad_flip_rate_before_training(tmp_path):
-    result = run_command("trl-robust", "demo", "--flip_rate", "1.5", "--output_dir", str(tmp_path / "d"), tmp_path=tmp_path)
-    assert result.returncode != 0 and "--flip_rate must be in [0, 1)" in result.stderr
-    assert not (tmp_path / "d").exists()
