@@ -77,7 +77,7 @@ def _asinh(z: np.ndarray, scale: float) -> Tamed:
     with np.errstate(over="ignore"):
         x = z / scale
     far = ~(np.abs(x) < 1e150)  # (also inf)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # z = 0: 0 · −inf, a NaN `where` never keeps (not far)
         logarithmic = np.sign(z) * (np.log(2.0) + np.log(np.abs(z)) - np.log(scale))
     t = np.where(far, logarithmic, np.arcsinh(np.where(far, 0.0, x)))
     return Tamed(t, "asinh", scale, -float(np.mean(np.log(np.hypot(scale, z)))))
