@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "trl_robust"
 
 # Lowest first. A module may import its own layer (without a cycle) and the layers below, never one above.
 LAYERS = {
-    "core": ["builtin", "compat", "config", "data", "dataset_checks", "filter", "losses", "optional", "paths", "registry", "tiny",
+    "core": ["builtin", "checkpoint_files", "compat", "config", "data", "dataset_checks", "filter", "losses", "optional", "paths", "registry", "tiny",
              "noise"],
     # `reward` beside `integration`: the reward trainer is glue between TRL's RewardTrainer and the core, and
     # `integration.patching` rebinds TRL's reward classes to it.

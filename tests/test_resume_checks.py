@@ -1,11 +1,13 @@
 """Resuming from a checkpoint saved with `save_only_model: true` (weights, no optimizer or scheduler state) is refused
-before any model is loaded, with what to do instead; a full checkpoint still resumes. The checkpoints are written by
+before any model is loaded by the command, and before any step by `train(resume_from_checkpoint=...)` in Python, with
+what to do instead; a full checkpoint still resumes. The checkpoints are written by
 transformers itself, so the test follows what it really saves with and without `save_only_model`."""
 
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from datasets import Dataset
 
@@ -89,3 +91,40 @@ def test_the_offline_recipes_save_checkpoints_that_can_be_resumed():
     recipes = Path(__file__).resolve().parent.parent / "recipes"
     for name in ("tiny_offline.yaml", "reward_sympo_sigmoid.yaml"):
         assert not yaml.safe_load((recipes / name).read_text()).get("save_only_model", False), name
+
+
+@pytest.mark.parametrize("trainer_kind", ["dpo", "reward"])
+@pytest.mark.parametrize("latest", [False, True], ids=["path", "true"])
+def test_train_refuses_to_resume_from_a_weights_only_checkpoint_in_python(
+    saved_runs, tiny_model_path, tmp_path, trainer_kind, latest
+):
+    # Before: `trainer.train(resume_from_checkpoint=...)` continued at step 2 with a new optimizer and schedule.
+    from trl_robust import RobustRewardConfig, RobustRewardTrainer
+
+    out, listing = copy_run(saved_runs[True], tmp_path)
+    checkpoint = out / "checkpoint-2"
+    dataset = Dataset.from_list(tiny_preference_records(n=8, seed=0))
+    if trainer_kind == "dpo":
+        args = train_args(tmp_path, max_steps=4, output_dir=str(out))
+        trainer = RobustDPOTrainer(model=tiny_model_path, args=args, train_dataset=dataset)
+    else:
+        args = train_args(tmp_path, RobustRewardConfig, max_steps=4, output_dir=str(out))
+        trainer = RobustRewardTrainer(model=tiny_model_path, args=args, train_dataset=dataset)
+    weights = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    with pytest.raises(ValueError) as error:
+        trainer.train(resume_from_checkpoint=True if latest else str(checkpoint))
+    message = str(error.value)
+    assert f"{str(checkpoint)!r} holds the model weights only (saved with `save_only_model=True`)" in message
+    assert "`save_only_model=False`" in message and "as the model of a new trainer" in message
+    assert trainer.state.global_step == 0  # refused before any step
+    assert all(torch.equal(p, weights[name]) for name, p in trainer.model.named_parameters())
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == listing
+
+
+def test_train_resumes_from_a_full_checkpoint_in_python(saved_runs, tiny_model_path, tmp_path):
+    out, _ = copy_run(saved_runs[False], tmp_path)
+    dataset = Dataset.from_list(tiny_preference_records(n=8, seed=0))
+    args = train_args(tmp_path, max_steps=3, output_dir=str(out))
+    trainer = RobustDPOTrainer(model=tiny_model_path, args=args, train_dataset=dataset)
+    trainer.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+    assert trainer.state.global_step == 3  # continued from step 2

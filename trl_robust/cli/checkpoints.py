@@ -5,6 +5,7 @@ import os
 import re
 from pathlib import Path
 
+from ..checkpoint_files import weights_only
 from ..paths import listing_if_not_empty
 from .usage import UsageError, bool_word
 
@@ -12,12 +13,6 @@ from .usage import UsageError, bool_word
 # states), and `train()` reads it to resume: a `checkpoint-N/` without it was cut short while saving.
 TRAINER_STATE = "trainer_state.json"
 _CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")  # transformers' `get_last_checkpoint` rule
-# What transformers' `Trainer._save_optimizer_and_scheduler` writes for the optimizer: `optimizer.pt` (one process,
-# DDP; `rank*-of-*-optimizer.pt` on TPUs), `optimizer.bin` or an `optimizer_0/` folder (FSDP), `optimizer.pt_*`
-# (SageMaker), or a `global_step*/` folder (DeepSpeed's own checkpoint). With `save_only_model: true` it writes none of
-# them, nor `scheduler.pt`, and `train(resume_from_checkpoint=...)` then silently starts a fresh optimizer and
-# learning-rate schedule: only the weights and the step count carry over.
-_OPTIMIZER_STATE = re.compile(r"(.*optimizer.*|global_step\d+)")
 
 
 def check_output_dir_is_a_directory(output_dir: Path) -> None:
@@ -111,11 +106,6 @@ def _check_checkpoint(path: Path, output_dir: Path) -> None:
         f"{prefix} is not a complete checkpoint: it has no {TRAINER_STATE}, which transformers writes last, so the "
         f"run was stopped while saving it.{instead}"
     )
-
-
-def weights_only(checkpoint: Path) -> bool:
-    """Whether `checkpoint` (a complete `checkpoint-N/`) holds no optimizer state: saved with `save_only_model`."""
-    return not any(_OPTIMIZER_STATE.fullmatch(entry.name) for entry in checkpoint.iterdir())
 
 
 def _check_resumable(checkpoint: Path, latest_of: Path | None = None) -> None:

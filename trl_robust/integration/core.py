@@ -27,6 +27,7 @@ from typing import NamedTuple
 import torch
 
 from .. import builtin
+from ..checkpoint_files import refuse_weights_only_resume
 from ..config import robust_hyperparameter
 from ..filter.trainer import RopoFilterMixin
 from ..registry import LossSpec, get_loss_spec
@@ -60,6 +61,12 @@ class RobustLossMixin(RopoFilterMixin):
         self._skipped_steps = set()  # optimizer steps skipped for non-finite margins (fp16 only)
         self._warned_all_clipped = False
         self._set_up_ropo_filter()
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """TRL's `train`, refusing first to resume from a weights-only checkpoint (`save_only_model`), which
+        transformers would continue from with a new optimizer and schedule, silently."""
+        refuse_weights_only_resume(resume_from_checkpoint, self.args.output_dir)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # --- what both trainers are built from ---------------------------------------------------------------------------
 
