@@ -14,6 +14,16 @@ from datasets import Dataset  # noqa: E402
 from trl_robust.tiny import make_tiny_model, tiny_preference_records  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread is fastest, and the CPU is shared with other work (use with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory):
     """A 2-layer Qwen2 and its tokenizer saved to disk (TRL reloads the reference model from this path)."""

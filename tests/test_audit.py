@@ -58,13 +58,7 @@ def independent_z(policy, reference, tokenizer, rows, beta):
     return (beta * (chosen - rejected)).tolist()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest, and the CPU is shared with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run fastest on one thread
 
 
 def save_perturbed(tiny_model_path, path, seed=1, scale=0.05):

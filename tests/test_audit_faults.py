@@ -21,12 +21,7 @@ from trl_robust.tiny import tiny_preference_records
 from .test_audit import save_perturbed
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run fastest on one thread
 
 
 def copy_as(tiny_model_path, path, architectures, **config_changes):
