@@ -1,5 +1,6 @@
-"""The audit's input checks, all before any model is loaded: settings, output directory, dataset, loss. (The models'
-checks — paths, kind, vocabulary, β — are in `trl_robust.audit.models`.)"""
+"""The audit's input checks, all before any model is loaded: settings, output directory, dataset, loss, and the config of
+the Trainer that scores (building it runs the loss's own checks). (The models' checks — paths, kind, vocabulary, β —
+are in `trl_robust.audit.models`.)"""
 
 import math
 import numbers
@@ -140,3 +141,31 @@ def check_per_pair(loss_type: str, args) -> None:
             f"loss_type {loss_type!r} couples the pairs of a batch (one pair's loss depends on the others), so it has "
             "no per-pair value to rank by; audit without loss_type (the DPO loss and z are always reported)"
         )
+
+
+def scoring_config(config_cls, loss_hyperparameters, *, trainer_dir, batch_size, max_length, use_cpu, show_progress,
+                   dataset_num_proc, **settings):
+    """A `config_cls` (RobustDPOConfig, RobustRewardConfig) for a Trainer that only evaluates, with `settings` (the
+    loss, and what the scorer needs of its kind) and the loss's hyperparameters: a plugin's too, through a subclass
+    with a field for them (never saved: `save_strategy` is "no"). Building it runs the loss's own checks."""
+    from ..registry import config_class_with
+
+    return config_class_with(config_cls, loss_hyperparameters or {})(
+        output_dir=trainer_dir,  # a temporary directory: the Trainer writes nothing we keep
+        per_device_eval_batch_size=batch_size,
+        per_device_train_batch_size=batch_size,
+        max_length=max_length,
+        **dict(loss_hyperparameters or {}),
+        **settings,
+        # No autocast (TRL's DPOConfig defaults bf16 to True): models run in the dtype they were loaded in.
+        bf16=False,
+        fp16=False,
+        use_cpu=use_cpu,
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=not show_progress,
+        dataset_num_proc=dataset_num_proc,
+        seed=0,
+    )

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..compat import REF_ADAPTER
 from ..data import ROW_COLUMN
-from .checks import AuditInputError, check_per_pair
+from .checks import AuditInputError, check_per_pair, scoring_config
 from .models import ModelSource, check_same_vocabulary, vocabulary_facts
 
 
@@ -154,36 +154,20 @@ def _load_models(policy: ModelSource, reference: ModelSource | None, dtype, proc
 def _audit_config(output_dir, beta, batch_size, max_length, loss_type, loss_hyperparameters, use_cpu, show_progress,
                   dataset_num_proc):
     from ..config import RobustDPOConfig
-    from ..registry import config_class_with
 
     registered = loss_type not in (None, "sigmoid")
-    # A plugin's hyperparameter has no field in RobustDPOConfig: a subclass with one (never saved: save_strategy no).
-    return config_class_with(RobustDPOConfig, loss_hyperparameters or {})(
-        output_dir=output_dir,  # a temporary directory: the Trainer writes nothing we keep
-        per_device_eval_batch_size=batch_size,
-        per_device_train_batch_size=batch_size,
+    return scoring_config(
+        RobustDPOConfig, loss_hyperparameters, trainer_dir=output_dir, batch_size=batch_size, max_length=max_length,
+        use_cpu=use_cpu, show_progress=show_progress, dataset_num_proc=dataset_num_proc,
         beta=float(beta),
-        max_length=max_length,
         # The registered loss's own checks run at construction (its hyperparameters included); the trainer's loss loop
         # is then pointed at the audit hook.
         loss_type=[loss_type] if registered else ["sigmoid"],
-        **dict(loss_hyperparameters or {}),
         # Plain log-ratio scores and a live reference: the audit's z is the DPO margin, whatever TRL's defaults become.
         f_divergence_type="reverse_kl",
         ld_alpha=None,
         use_weighting=False,
         precompute_ref_log_probs=False,
-        # No autocast (TRL's DPOConfig defaults bf16 to True): models run in the dtype they were loaded in.
-        bf16=False,
-        fp16=False,
-        use_cpu=use_cpu,
-        report_to="none",
-        save_strategy="no",
-        eval_strategy="no",
-        logging_strategy="no",
-        disable_tqdm=not show_progress,
-        dataset_num_proc=dataset_num_proc,
-        seed=0,
     )
 
 

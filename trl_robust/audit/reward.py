@@ -13,7 +13,7 @@ and such rows are an error that names them.
 import torch
 
 from ..data import ROW_COLUMN
-from .checks import AuditInputError
+from .checks import AuditInputError, scoring_config
 
 
 def _reward_audit_trainer_class():
@@ -52,27 +52,13 @@ def score_with_reward_model(source, dataset, *, batch_size, max_length, loss_typ
     `dataset` carries the row-index column already."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ..registry import config_class_with
     from ..reward import RobustRewardConfig
 
     try:
-        args = config_class_with(RobustRewardConfig, loss_hyperparameters or {})(  # a plugin's hyperparameter too
-            output_dir=trainer_dir,  # a temporary directory: the Trainer writes nothing we keep
-            per_device_eval_batch_size=batch_size,
-            per_device_train_batch_size=batch_size,
-            max_length=max_length,
+        args = scoring_config(
+            RobustRewardConfig, loss_hyperparameters, trainer_dir=trainer_dir, batch_size=batch_size,
+            max_length=max_length, use_cpu=use_cpu, show_progress=show_progress, dataset_num_proc=dataset_num_proc,
             loss_type=loss_type or "bradley_terry",
-            **dict(loss_hyperparameters or {}),
-            bf16=False,  # no autocast: the model runs in the dtype it was loaded in
-            fp16=False,
-            use_cpu=use_cpu,
-            report_to="none",
-            save_strategy="no",
-            eval_strategy="no",
-            logging_strategy="no",
-            disable_tqdm=not show_progress,
-            dataset_num_proc=dataset_num_proc,
-            seed=0,
         )
     except ValueError as error:  # the loss's own checks (e.g. a bad ropo_alpha), still before any model loads
         raise AuditInputError(str(error)) from None
