@@ -75,6 +75,32 @@ def _drdpo_weight(z, beta_prime=1.0):
     return np.size(z) * share * _sigmoid(-z)
 
 
+def _holder(z, gamma=2.0):
+    p = _sigmoid(z)
+    return -(1 + gamma) * p**gamma + gamma * p ** (1 + gamma)  # the paper's form, not the code's factored one
+
+
+def _holder_weight(z, gamma=2.0):
+    return gamma * (1 + gamma) * _sigmoid(z) ** gamma * _sigmoid(-z) ** 2
+
+
+def _repo_posterior(z, eta):
+    # Bayes' rule as the paper writes it: η σ(z) / (η σ(z) + (1 − η) σ(−z))
+    right, wrong = eta * _sigmoid(z), (1 - eta) * _sigmoid(-z)
+    return right / (right + wrong)
+
+
+def _repo(z, eta=0.9):
+    w = _repo_posterior(z, eta)
+    return w * _softplus(-z) + (1 - w) * _softplus(z)  # −[w log σ(z) + (1 − w) log σ(−z)]
+
+
+def _repo_weight(z, eta=0.9):
+    # −∂ℓ/∂z with w held fixed: w σ(−z) − (1 − w) σ(z)
+    w = _repo_posterior(z, eta)
+    return w * _sigmoid(-z) - (1 - w) * _sigmoid(z)
+
+
 REFERENCE: dict[str, Reference] = {
     "ropo": Reference(
         loss=_ropo,
@@ -154,6 +180,38 @@ REFERENCE: dict[str, Reference] = {
             HandCase((0.0, 0.0, 0.0, 0.0), {}, (0.693147,) * 4, (0.5,) * 4),
         ),
         extra={"beta_prime": 0.5},
+    ),
+    "holder": Reference(
+        loss=_holder,
+        grad_weight=_holder_weight,
+        hand=(
+            # γ = 2: ℓ = −3σ² + 2σ³ = −σ²(1 + 2σ(−z)), w = 6σ²σ(−z)² (at γ = 2 the weight is even in z)
+            #   z = 0:  σ² = 0.25:     ℓ = −0.25·2 = −0.5;                         w = 6·0.25·0.25 = 0.375
+            #   z = 2:  σ² = 0.775803: ℓ = −0.775803·1.238406 = −0.960760;         w = 6·0.775803·0.014209 = 0.066142
+            #   z = −2: σ² = 0.014209: ℓ = −0.014209·2.761594 = −0.039240;         w = 6·0.014209·0.775803 = 0.066142
+            HandCase((0.0, 2.0, -2.0), {}, (-0.5, -0.960760, -0.039240), (0.375, 0.066142, 0.066142)),
+            # γ = 1, z = 1: ℓ = −σ(1)·(1 + σ(−1)) = −0.731059·1.268941 = −0.927671; w = 2·0.731059·0.268941² = 0.105754
+            HandCase((1.0,), {"gamma": 1.0}, (-0.927671,), (0.105754,)),
+        ),
+        extra={"gamma": 1.0},
+    ),
+    "repo": Reference(
+        loss=_repo,
+        grad_weight=_repo_weight,
+        hand=(
+            # η = 0.9: w = σ(z + ln 9), ln 9 = 2.197225; ℓ = w·ln(1+e^−z) + (1−w)·ln(1+e^z); weight = w − σ(z)
+            #   z = 0:  w = 0.9;                 ℓ = ln 2 = 0.693147;                               weight = 0.4
+            #   z = 2:  w = σ(4.197225) = 0.985186; ℓ = 0.985186·0.126928 + 0.014814·2.126928 = 0.156557;
+            #           weight = 0.985186 − 0.880797 = 0.104388 (to 6 digits)
+            #   z = −2: w = σ(0.197225) = 0.549147; ℓ = 0.549147·2.126928 + 0.450853·0.126928 = 1.225222;
+            #           weight = 0.549147 − 0.119203 = 0.429944
+            HandCase((0.0, 2.0, -2.0), {}, (0.693147, 0.156557, 1.225222), (0.4, 0.104388, 0.429944)),
+            # η = 0.7, z = 1: w = σ(1 + ln(7/3)) = σ(1.847298) = 0.863810; ℓ = 0.863810·0.313262 + 0.136190·1.313262
+            #   = 0.449452; weight = 0.863810 − 0.731059 = 0.132751.  η = 1 is DPO: ln(1+e^−2) = 0.126928, σ(−2)
+            HandCase((1.0,), {"eta": 0.7}, (0.449452,), (0.132751,)),
+            HandCase((2.0,), {"eta": 1.0}, (0.126928,), (0.119203,)),
+        ),
+        extra={"eta": 0.7},
     ),
 }
 

@@ -18,6 +18,9 @@ from trl import DPOConfig
 from .filter.settings import RopoFilterArguments, parse_filter_ratio, validate_filtering
 from .registry import (
     DRDPO_BETA_PRIME,
+    HOLDER_GAMMA,
+    REPO_ETA_INIT,
+    REPO_MOMENTUM,
     ROPO_ALPHA,
     available_loss_types,
     get_loss_spec,
@@ -63,6 +66,29 @@ class RobustArguments(RopoFilterArguments):
         },
     )
 
+    holder_gamma: float = field(
+        default=HOLDER_GAMMA.default,
+        metadata={
+            "help": "γ of Hölder-DPO (Fujisawa et al., NeurIPS 2025, arXiv 2505.17859), used with `loss_type='holder'`: "
+            "the power of the density-power (Hölder) divergence. Must be > 0 (the paper uses 2); larger down-weights "
+            "the pairs the model contradicts more."
+        },
+    )
+    repo_eta_init: float = field(
+        default=REPO_ETA_INIT.default,
+        metadata={
+            "help": "Initial annotator reliability η of RE-PO (Cao et al., ICLR 2026, arXiv 2509.24159), used with "
+            "`loss_type='repo'`: the prior probability that a label is right. In (0.5, 1]; the paper uses 0.9."
+        },
+    )
+    repo_momentum: float = field(
+        default=REPO_MOMENTUM.default,
+        metadata={
+            "help": "Momentum α of RE-PO's moving average of η, updated after each optimizer step as "
+            "η ← (1 − α)·η + α·(the step's mean posterior), used with `loss_type='repo'`. In (0, 1]; the paper uses 0.1."
+        },
+    )
+
     def _parse_robust_fields(self) -> None:
         """Turn what the command line and YAML can only say as text ("none", "auto") into values."""
         self.ropo_filter_ratio = parse_filter_ratio(self.ropo_filter_ratio)
@@ -101,6 +127,13 @@ class RobustDPOConfig(RobustArguments, DPOConfig):
     drdpo_beta_prime (`float`, *optional*, defaults to `1.0`):
         β′ of Dr. DPO (Wu et al., arXiv 2407.07880), used with `loss_type='drdpo'`: the temperature of the
         weighting over the pairs of a batch. Must be > 0; large β′ approaches DPO.
+    holder_gamma (`float`, *optional*, defaults to `2.0`):
+        γ of Hölder-DPO (Fujisawa et al., NeurIPS 2025, arXiv 2505.17859), used with `loss_type='holder'`. Must be
+        > 0 (the paper uses 2). Its contamination estimate is logged as `noise/estimated_flip_rate`.
+    repo_eta_init (`float`, *optional*, defaults to `0.9`), repo_momentum (`float`, *optional*, defaults to `0.1`):
+        RE-PO (Cao et al., ICLR 2026, arXiv 2509.24159), used with `loss_type='repo'`: the initial annotator
+        reliability η, in (0.5, 1], and the momentum α of its moving average over optimizer steps, in (0, 1] (the
+        paper's 0.9 and 0.1). 1 − η is logged as `noise/estimated_flip_rate`.
 
     `loss_type='cdpo'` (conservative DPO) takes its ε from TRL's `label_smoothing`, which must then be in [0, 0.5).
 

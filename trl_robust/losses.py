@@ -157,3 +157,63 @@ def drdpo_loss(z: torch.Tensor, beta_prime: float = 1.0) -> torch.Tensor:
     n = per_pair.numel()
     objective = -beta_prime * (torch.logsumexp(-per_pair.flatten() / beta_prime, dim=0) - math.log(n))
     return objective.expand_as(z)
+
+
+def holder_loss(z: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    r"""Hölder-DPO: DPO's Bradley–Terry likelihood p = σ(z) scored with a density-power (Hölder) divergence.
+
+    Paper: Fujisawa, Adachi and Osborne, "Scalable Valuation of Human Feedback through Provably Robust Model
+    Alignment", NeurIPS 2025, arXiv 2505.17859 (authors' code: github.com/ma921/HolderDPO) — the Hölder-DPO loss, with
+    the paper's γ = 2 as the default.
+
+    Formula (p = σ(z), the model's probability of the pair's label):
+        ℓ(z) = −(1 + γ) · p^γ + γ · p^(1+γ)  =  −σ(z)^γ · (1 + γ · σ(−z))      in (−1, 0)
+
+    Gradient weight:
+        w(z) = γ (1 + γ) · σ(z)^γ · σ(−z)²
+
+    Redescending: w → 0 both for z → +∞ (a settled pair) and for z → −∞ (a pair the model confidently contradicts,
+    the likely flips), as σ(z)^γ. Its largest weight, at σ(z) = γ/(γ + 2) (z = 0 for γ = 2, where w = 3/8), is below
+    DPO's. The same γ also gives the paper's estimate of the share of mislabelled pairs
+    (`trl_robust.noise.loss_states.holder_contamination`). γ must be > 0.
+
+    σ(z)^γ is computed as exp(γ · log σ(z)), finite for any z.
+    """
+    return -torch.exp(gamma * F.logsigmoid(z)) * (1.0 + gamma * torch.sigmoid(-z))
+
+
+def repo_posterior(z: torch.Tensor, eta: float) -> torch.Tensor:
+    r"""RE-PO's E-step: the posterior probability that a pair's label is right, given its margin z and the annotator
+    reliability η (the prior probability that a label is right).
+
+        w = η σ(z) / (η σ(z) + (1 − η) σ(−z))  =  σ(z + log(η / (1 − η)))
+
+    η = 1 trusts every label (w = 1), η = ½ leaves the model's own σ(z). In log-odds form, finite for any z.
+    """
+    if eta >= 1.0:
+        return torch.ones_like(z)
+    return torch.sigmoid(z + (math.log(eta) - math.log1p(-eta)))
+
+
+def repo_loss(z: torch.Tensor, eta: float = 0.9) -> torch.Tensor:
+    r"""RE-PO (RE-DPO): DPO's loss for the labeled order and for the reversed one, mixed by the posterior that the
+    label is right (EM over whether each label is correct).
+
+    Paper: Cao et al., "RE-PO: Robust Enhanced Policy Optimization as a General Framework for LLM Alignment", ICLR 2026,
+    arXiv 2509.24159 — its M-step policy loss for DPO (p(y_w ≻ y_l) = σ(z)), with the E-step's posterior w
+    (`repo_posterior`) held fixed (detached) at the current reliability η.
+
+    Formula:
+        ℓ(z) = −[ w · log σ(z) + (1 − w) · log σ(−z) ],    w = η σ(z) / (η σ(z) + (1 − η) σ(−z)), detached
+
+    Gradient weight:
+        w(z) = w − σ(z)      (η = 1: σ(−z), DPO's; η = ½: 0)
+
+    So a pair the model contradicts (σ(z) small) has w → 0 and is pushed *towards the reversed label*, as the paper
+    describes. This function is the loss at a given η; the trainer carries η across steps and updates it after each
+    optimizer step as a moving average of the mean posterior, η ← (1 − α) η + α · mean(w), from `repo_eta_init`
+    (the paper's 0.9) with momentum `repo_momentum` (the paper's 0.1) — `trl_robust.noise.loss_states.RepoState`.
+    η must be in (½, 1].
+    """
+    w = repo_posterior(z.detach(), eta)
+    return w * F.softplus(-z) + (1.0 - w) * F.softplus(z)

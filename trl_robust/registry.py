@@ -29,7 +29,7 @@ Each entry point's object is imported, and called if it is callable, the first t
 process (`get_loss_spec`, `registered_loss_types`, `available_loss_types`, ...; never at `import trl_robust`). A
 plugin that fails to load raises `LossPluginError` naming it, every time a loss type is resolved: never a silent skip.
 
-(Its length, about 400 lines, is the registration code plus the package's own registrations with their papers'
+(Its length, about 480 lines, is the registration code plus the package's own registrations with their papers'
 BibTeX, which the model cards cite: one place for everything a loss type is.)
 """
 
@@ -47,6 +47,7 @@ from typing import Any
 import torch
 
 from . import losses
+from .noise import loss_states
 
 _MISSING = object()  # no default: the config must have the attribute
 
@@ -113,6 +114,11 @@ class LossSpec:
         couples_batch: the value for one pair depends on the other pairs passed in (a batch objective, e.g.
             Dr. DPO); per-pair filtering is refused for it.
         paper: the paper behind the loss (for the model card and the docs).
+        state: for a loss that carries state across training steps (RE-PO's reliability η), a factory of its
+            `trl_robust.noise.loss_states.LossState`, called once per trainer with every hyperparameter of the loss
+            (`hyperparameters` and `state_hyperparameters`) by keyword; None for a plain per-pair loss.
+        state_hyperparameters: keyword of `state` → `Hyperparameter`, for config values only the state reads (RE-PO's
+            momentum), not `fn`.
     """
 
     name: str
@@ -122,6 +128,13 @@ class LossSpec:
     requires_reward_clip: bool = False
     couples_batch: bool = False
     paper: Paper | None = None
+    state: Callable[..., Any] | None = None
+    state_hyperparameters: Mapping[str, Hyperparameter] = field(default_factory=dict)
+
+    @property
+    def all_hyperparameters(self) -> dict[str, Hyperparameter]:
+        """`hyperparameters` and `state_hyperparameters` together: every config value the loss reads."""
+        return {**self.hyperparameters, **self.state_hyperparameters}
 
 
 _REGISTRY: dict[str, LossSpec] = {}
@@ -196,6 +209,8 @@ def register_loss(
     requires_reward_clip: bool = False,
     couples_batch: bool = False,
     paper: Paper | None = None,
+    state: Callable[..., Any] | None = None,
+    state_hyperparameters: Mapping[str, Hyperparameter] | None = None,
 ) -> LossSpec:
     """Register a new `loss_type`.
 
@@ -210,6 +225,9 @@ def register_loss(
         couples_batch: `fn` computes a batch objective (the same value for every pair, as `drdpo_loss` does), not
             independent per-pair losses.
         paper: the paper to cite in model cards.
+        state: a factory of the loss's per-trainer state (see `LossSpec.state`), for a loss that carries state across
+            steps.
+        state_hyperparameters: config values only `state` reads (see `LossSpec.state_hyperparameters`).
 
     Returns:
         The registered `LossSpec`.
@@ -242,6 +260,8 @@ def register_loss(
         requires_reward_clip=requires_reward_clip,
         couples_batch=couples_batch,
         paper=paper,
+        state=state,
+        state_hyperparameters=MappingProxyType(dict(state_hyperparameters or {})),
     )
     _REGISTRY[name] = spec
     return spec
@@ -290,7 +310,7 @@ def hyperparameter_defaults() -> dict[str, Any]:
     """Config attribute → default, for every registered hyperparameter that has one."""
     load_loss_plugins()
     return {
-        h.attribute: h.default for spec in _REGISTRY.values() for h in spec.hyperparameters.values() if h.has_default
+        h.attribute: h.default for spec in _REGISTRY.values() for h in spec.all_hyperparameters.values() if h.has_default
     }
 
 
@@ -299,7 +319,7 @@ def registered_hyperparameters() -> dict[str, Hyperparameter]:
     load_loss_plugins()
     found = {}
     for spec in _REGISTRY.values():
-        for h in spec.hyperparameters.values():
+        for h in spec.all_hyperparameters.values():
             found.setdefault(h.attribute, h)
     return found
 
@@ -371,6 +391,32 @@ DRDPO_PAPER = Paper(
         }"""),
 )
 
+HOLDER_PAPER = Paper(
+    title="Scalable Valuation of Human Feedback through Provably Robust Model Alignment",
+    arxiv_id="2505.17859",
+    citation=textwrap.dedent("""\
+        @inproceedings{fujisawa2025holderdpo,
+            title        = {{Scalable Valuation of Human Feedback through Provably Robust Model Alignment}},
+            author       = {Masahiro Fujisawa and Masaki Adachi and Michael A. Osborne},
+            year         = 2025,
+            booktitle    = {Advances in Neural Information Processing Systems 38, NeurIPS 2025},
+            eprint       = {arXiv:2505.17859},
+        }"""),
+)
+
+REPO_PAPER = Paper(
+    title="RE-PO: Robust Enhanced Policy Optimization as a General Framework for LLM Alignment",
+    arxiv_id="2509.24159",
+    citation=textwrap.dedent("""\
+        @inproceedings{cao2026repo,
+            title        = {{RE-PO: Robust Enhanced Policy Optimization as a General Framework for LLM Alignment}},
+            author       = {Xiaoyang Cao and Zelai Xu and Mo Guang and Kaiwen Long and Michiel A. Bakker and Yu Wang and Chao Yu},
+            year         = 2026,
+            booktitle    = {The Fourteenth International Conference on Learning Representations, ICLR 2026},
+            eprint       = {arXiv:2509.24159},
+        }"""),
+)
+
 ROPO_ALPHA = Hyperparameter(
     "ropo_alpha",
     default=14.0,
@@ -384,6 +430,27 @@ DRDPO_BETA_PRIME = Hyperparameter(
     check=lambda value: value > 0,
     rule="> 0 (the Dr. DPO paper uses 1)",
     help="β′ of `--loss_type drdpo` (default 1).",
+)
+HOLDER_GAMMA = Hyperparameter(
+    "holder_gamma",
+    default=2.0,
+    check=lambda value: value > 0,
+    rule="> 0 (the Hölder-DPO paper uses 2)",
+    help="γ of `--loss_type holder` (default 2).",
+)
+REPO_ETA_INIT = Hyperparameter(
+    "repo_eta_init",
+    default=0.9,
+    check=lambda value: 0.5 < value <= 1,
+    rule="in (0.5, 1] (the RE-PO paper starts from 0.9; 0.5 would make every gradient 0)",
+    help="Initial annotator reliability η of `--loss_type repo` (default 0.9).",
+)
+REPO_MOMENTUM = Hyperparameter(
+    "repo_momentum",
+    default=0.1,
+    check=lambda value: 0 < value <= 1,
+    rule="in (0, 1] (the RE-PO paper uses 0.1)",
+    help="Moving-average momentum α of η for `--loss_type repo` (default 0.1).",
 )
 # cDPO's ε is TRL's own `label_smoothing` field (TRL's default 0), which cDPO restricts.
 CDPO_EPSILON = Hyperparameter(
@@ -409,5 +476,20 @@ register_loss(
     hyperparameters={"beta_prime": DRDPO_BETA_PRIME},
     couples_batch=True,
     paper=DRDPO_PAPER,
+)
+register_loss(
+    "holder",
+    losses.holder_loss,
+    hyperparameters={"gamma": HOLDER_GAMMA},
+    paper=HOLDER_PAPER,
+    state=loss_states.HolderState,  # only its contamination estimate, logged; the loss itself is per pair
+)
+register_loss(
+    "repo",
+    losses.repo_loss,
+    hyperparameters={"eta": REPO_ETA_INIT},  # the loss at the initial η; the trainer's `RepoState` then moves η
+    paper=REPO_PAPER,
+    state=loss_states.RepoState,
+    state_hyperparameters={"momentum": REPO_MOMENTUM},
 )
 _deferring_trl_check = False

@@ -29,8 +29,11 @@ import torch
 from .. import builtin
 from ..checkpoint_files import refuse_weights_only_resume
 from ..config import robust_hyperparameter
+from ..filter.auto import AUTO
+from ..filter.settings import filter_ratio
 from ..filter.trainer import RopoFilterMixin
 from ..registry import LossSpec, get_loss_spec
+from .stateful import LossStateCallback, build_loss_states, metric_names
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,11 @@ class RobustLossMixin(RopoFilterMixin):
         self._skipped_steps = set()  # optimizer steps skipped for non-finite margins (fp16 only)
         self._warned_all_clipped = False
         self._set_up_ropo_filter()
+        # Losses that carry state across steps (RE-PO's η; Hölder-DPO's estimate): one state each, per trainer.
+        self._loss_states = build_loss_states(self._robust_specs, lambda name: robust_hyperparameter(self.args, name))
+        self._loss_state_metric = metric_names(self._loss_states, filter_ratio(self.args) == AUTO)
+        if self._loss_states:
+            self.add_callback(LossStateCallback(self))
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """TRL's `train`, refusing first to resume from a weights-only checkpoint (`save_only_model`), which
@@ -109,6 +117,9 @@ class RobustLossMixin(RopoFilterMixin):
     def _robust_loss_fn(self, spec: LossSpec):
         """The per-pair loss z ↦ ℓ(z) of `spec`, its hyperparameters bound from the config."""
         hyperparameters = {kw: robust_hyperparameter(self.args, h.attribute) for kw, h in spec.hyperparameters.items()}
+        state = getattr(self, "_loss_states", {}).get(spec.name)
+        if state is not None:
+            hyperparameters.update(state.loss_kwargs())  # RE-PO's current η in place of its initial value
         return functools.partial(spec.fn, **hyperparameters)
 
     def _robust_margin(self, spec: LossSpec, chosen, rejected, scale: float | None = None, offset=None) -> Margin:
@@ -203,7 +214,11 @@ class RobustLossMixin(RopoFilterMixin):
             values["clipped_frac"] = pairs["clipped"].mean()
         values.update(batch.metrics)
         counts = {"n_bad_reference": pairs["bad_reference"].sum(), "n_bad_margin": pairs["bad_margin"].sum()}
-        metrics = self._to_host({**values, **counts}, batch)
+        state = getattr(self, "_loss_states", {}).get(spec.name) if mode == "train" else None
+        # A stateful loss's per-batch values ride the same one transfer (keys set apart from the logged metrics).
+        state_values = {f"state:{k}": v for k, v in (state.batch_values(z_all) if state else {}).items()}
+        metrics = self._to_host({**values, **counts, **state_values}, batch)
+        state_values = {k.removeprefix("state:"): metrics.pop(k) for k in state_values}
         n_bad_reference, n_bad_margin = metrics.pop("n_bad_reference"), metrics.pop("n_bad_margin")
         if n_bad_reference or n_bad_margin:  # (the metrics above are then NaN and not logged)
             message = self._non_finite_message(spec.name, mode, len(z_all), n_bad_reference, n_bad_margin)
@@ -216,6 +231,8 @@ class RobustLossMixin(RopoFilterMixin):
             elif self.args.fp16:
                 message += " (non_finite_margins='error'; 'auto' skips such steps under fp16.)"
             raise FloatingPointError(message)
+        if state is not None:
+            state.observe(state_values, len(z_all))  # the same global batch on every process: the states agree
         for name, value in metrics.items():
             if name == "filter_precision" and math.isnan(value):
                 continue  # a batch without suspects (epoch scope) has no precision; average over those with some
@@ -289,4 +306,8 @@ class RobustLossMixin(RopoFilterMixin):
         if "loss" in logs and self._robust_specs and self._skips_non_finite_steps():  # a training log
             for name in self._robust_specs:
                 logs[f"{name}/skipped_non_finite_steps"] = len(self._skipped_steps)
+        if "loss" in logs:  # a training log: each stateful loss's flip-rate estimate (RE-PO's 1 − η, Hölder-DPO's ε̂)
+            for name, state in getattr(self, "_loss_states", {}).items():
+                for value in state.log_values().values():
+                    self._metrics["train"][self._loss_state_metric[name]].append(value)
         return super().log(logs, *args, **kwargs)
