@@ -213,3 +213,38 @@ def test_reward_model_trains_with_repo_and_logs_the_flip_rate(tiny_model_path, t
 def test_bad_settings_fail_at_the_config(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         RobustDPOConfig(str(tmp_path), **overrides)
+
+
+def test_a_state_only_hyperparameter_is_registered_checked_and_given_to_the_state(tmp_path):
+    # A third party's stateful loss: the state's own config value (no keyword of the per-pair function) is listed with
+    # the registered hyperparameters (so the CLI and the audit get a flag), checked by its rule where the loss is in use,
+    # and passed to the state's factory with the loss's own hyperparameters.
+    from dataclasses import dataclass
+
+    from trl_robust import Hyperparameter, register_loss, unregister_loss
+    from trl_robust.integration.stateful import build_loss_states
+    from trl_robust.registry import get_loss_spec, registered_hyperparameters
+
+    made = []
+    register_loss(
+        "state_test_margin",
+        lambda z, scale=1.0: -scale * z,
+        hyperparameters={"scale": Hyperparameter("state_test_scale", default=1.0)},
+        state=lambda **kwargs: made.append(kwargs) or RepoState(0.9, 0.1),
+        state_hyperparameters={"rate": Hyperparameter("state_test_rate", default=0.5, check=lambda v: v > 0, rule="> 0")},
+    )
+    try:
+        assert "state_test_rate" in registered_hyperparameters()
+
+        @dataclass
+        class Config(RobustDPOConfig):
+            state_test_rate: float = 0.5
+
+        with pytest.raises(ValueError, match="`state_test_rate` must be > 0"):
+            Config(str(tmp_path), loss_type="state_test_margin", state_test_rate=-1.0, use_cpu=True, bf16=False)
+        config = Config(str(tmp_path), loss_type="state_test_margin", state_test_rate=0.25, use_cpu=True, bf16=False)
+        states = build_loss_states({"state_test_margin": get_loss_spec("state_test_margin")},
+                                   lambda name: getattr(config, name, 1.0))
+        assert made == [{"scale": 1.0, "rate": 0.25}] and isinstance(states["state_test_margin"], RepoState)
+    finally:
+        unregister_loss("state_test_margin")

@@ -228,12 +228,12 @@ def validate_loss_settings(args, specs, loss_types, always: set[str]) -> None:
     attribute is in `always` (the fields trl-robust adds: a bad `ropo_alpha` is a mistake even before it is used;
     a TRL field such as DPO's `label_smoothing` is TRL's business until cDPO reads it).
     """
-    in_use = {h.attribute for spec in specs for h in spec.hyperparameters.values()}
+    in_use = {h.attribute for spec in specs for h in spec.all_hyperparameters.values()}
     for attribute, hyperparameter in registered_hyperparameters().items():
         if hasattr(args, attribute) and (attribute in in_use or attribute in always):
             hyperparameter.validate(getattr(args, attribute))
     for spec in specs:
-        for kwarg, hyperparameter in spec.hyperparameters.items():
+        for kwarg, hyperparameter in spec.all_hyperparameters.items():
             if not hasattr(args, hyperparameter.attribute) and not hyperparameter.has_default:
                 raise ValueError(
                     f"Loss type {spec.name!r} takes `{kwarg}` from the config attribute `{hyperparameter.attribute}`, "

@@ -14,6 +14,10 @@ chosen/rejected scores, with β as the scale and the reference log-probs to chec
    stops — or, under fp16 with a loss scaler, skips the step — where a margin is NaN or infinite;
 4. returns this process's per-pair losses, with the suspects dropped or corrected.
 
+A loss that carries state across steps (RE-PO's reliability η, Hölder-DPO's contamination estimate; `LossSpec.state`)
+gets one state per trainer (`trl_robust.integration.stateful`): bound into its loss at step 1, fed the global batch's
+margins at step 3, updated after each optimizer step and saved with checkpoints; its flip-rate estimate is logged.
+
 Also shared: `builtin:` model names (`_resolve_builtin_model`) and the model card's name, tags and citations
 (`_set_model_card_data`).
 """
