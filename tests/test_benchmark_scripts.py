@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,3 +183,33 @@ def test_gap_recovered_is_measured_from_early_stopped_dpo():
     table = harness.gap_recovered_table(results)
     assert "| method | 40% |" in table
     assert "| ROPO | +0.25 |" in table and "| ROPO + filter (drop) | -0.25 |" in table
+
+
+def test_the_identification_benchmark_scores_every_pair_by_its_own_row(tmp_path):
+    run_benchmark("identification.py", tmp_path, "--quick")
+    (cell,) = [json.loads(line) for line in (tmp_path / "identification.jsonl").read_text().splitlines()]
+    assert set(cell["signals"]) == {"DPO last", "DPO at stop", "DPO mean", "ROPO last", "ROPO mean", "out-of-fold",
+                                    "clean auditor", "oracle"}
+    # Which pairs are flipped, independently of the script: the same flips `trl-robust dpo --flip_rate` makes.
+    from datasets import Dataset
+
+    from trl_robust.data import flip_preferences
+
+    task = next((tmp_path / "work" / "tasks").iterdir())
+    train = json.loads((task / "pairs.json").read_text())["train"]
+    flipped = np.asarray(flip_preferences(Dataset.from_list(train), 0.4, seed=0)["label_flipped"])
+    # DPO's last-epoch margins, recorded by row: their AUROC for the flips, by the plain pairwise definition.
+    run = json.loads((tmp_path / "work" / "cells" / f"{task.name.removesuffix('-seed0')}-0.4-0" / "dpo" /
+                      "result.json").read_text())
+    z = np.asarray(run["margins"][-1])
+    assert len(z) == len(train) and np.isfinite(z).all()
+    pos, neg = z[flipped], z[~flipped]
+    pairwise = ((pos[:, None] < neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
+    assert cell["signals"]["DPO last"]["auroc"] == pytest.approx(pairwise, abs=1e-9)
+    oracle = cell["signals"]["oracle"]
+    assert oracle["auroc"] == 1.0 and oracle["precision_at_truth"] == 1.0 and oracle["n_dropped"] == flipped.sum()
+    # The bound εa/(εa + (1−ε)(1−a)) with a = DPO's clean accuracy at its noisy-validation stop.
+    a = cell["bound_accuracy"]
+    assert a == cell["dpo"]["stopped"] and cell["bound"] == pytest.approx(0.4 * a / (0.4 * a + 0.6 * (1 - a)))
+    report = (tmp_path / "identification.md").read_text()
+    assert "## 40% symmetric flips, task `topic-200-60-60-20` (1 seed)" in report and "| clean auditor |" in report
