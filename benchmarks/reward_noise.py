@@ -11,11 +11,15 @@ what a filter that knew the flips would leave). Per epoch:
 - clean held-out pairwise accuracy: TRL's reward `accuracy` on a clean test split;
 - the same on a *noisy* validation split (what a user without clean labels can early-stop on);
 - Spearman's rank correlation of the reward model's score with the true reward, over held-out (prompt, response)
-  samples (both responses of each clean test pair): the ranking SymPO's theory says a symmetric loss keeps.
+  samples (both responses of each clean test pair): the ranking SymPO's theory says a symmetric loss keeps;
+- what the ranking buys (issue 21): best-of-n with n = 4 and 16 (`BEST_OF`). For each of the task's held-out reward
+  prompts, 16 responses sampled from the reference policy (the same candidates for every method of a seed,
+  `best_of_n_candidates`); the reward model picks the highest-scoring of each disjoint group of n, and the true reward
+  of its picks is compared with the reference's average and with picking by the true reward itself.
 Reported: Bradley–Terry early-stopped on the noisy validation split and at its last epoch, each other method at its last
 epoch (mean ± std over seeds), the paired differences by seed, and the auto filter's estimated flip rate and precision,
 per task. Cells: symmetric flips at 0, 20, 40%, and 20% from an annotator who prefers the longer response
-(`prefer_longer`).
+(`prefer_longer`). Best-of-n is recorded by every run since issue 21; runs from before it report "–" there.
 
     python benchmarks/reward_noise.py                 # 10 seeds, both tasks, 560 runs: ~50 min on 2 CPU cores
     python benchmarks/reward_noise.py --seeds 3 --tasks first   # a smaller look
@@ -67,6 +71,7 @@ TASKS = {"first": replace(nb.Setting(), epochs=10, learning_rate=3e-3, reward_ga
 SETTING = TASKS["first"]
 QUICK = replace(SETTING, n_train=200, n_validation=60, n_test=60, n_reward_prompts=20, epochs=2)
 QUICK_CELLS = (("symmetric", 0.0), ("symmetric", 0.4))
+BEST_OF = (4, 16)  # the n of best-of-n; max(BEST_OF) candidates are sampled per prompt
 
 
 @dataclass
@@ -107,6 +112,38 @@ def spearman(scores, truth) -> float:
     return float((a * b).sum() / denominator) if denominator else math.nan
 
 
+def best_of_n_candidates(directory, seed: int, true_reward) -> dict:
+    """max(BEST_OF) responses sampled (temperature 1) from the task's reference policy for each of its held-out reward
+    prompts, with their true rewards: what every method's reward model picks from. Cached beside the task's pairs."""
+    path = Path(directory) / "best_of_n.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    from transformers import AutoModelForCausalLM
+
+    from trl_robust.experiments.synthetic import sample_responses
+
+    prompts = json.loads((Path(directory) / "pairs.json").read_text())["reward_prompts"]
+    reference = AutoModelForCausalLM.from_pretrained(Path(directory) / "reference")
+    # Sampling seeds apart from the pairs' (seed·1000 + 2·draw, draw < 8): the candidates are fresh draws.
+    draws = [sample_responses(reference, prompts, seed=seed * 1000 + 100 + k) for k in range(max(BEST_OF))]
+    responses = [[draw[i] for draw in draws] for i in range(len(prompts))]
+    candidates = {"prompts": prompts, "responses": responses,
+                  "true_rewards": [[true_reward(p, r) for r in rs] for p, rs in zip(prompts, responses)]}
+    path.write_text(json.dumps(candidates))
+    return candidates
+
+
+def best_of_n(scores, true_rewards, n: int) -> float:
+    """Mean true reward of the pick: per prompt, each disjoint group of `n` candidates (in sampling order) gives the
+    true reward of its highest-scoring candidate (the first on ties); averaged over groups and prompts."""
+    picks = []
+    for prompt_scores, prompt_rewards in zip(scores, true_rewards):
+        for start in range(0, len(prompt_scores) - n + 1, n):
+            best = max(range(start, start + n), key=lambda i: (prompt_scores[i], -i))
+            picks.append(prompt_rewards[best])
+    return statistics.fmean(picks)
+
+
 def run_reward_job(job: RewardJob, root) -> dict:
     """Train one reward model on one noisy copy of the task; return its per-epoch curves."""
     import torch
@@ -131,22 +168,35 @@ def run_reward_job(job: RewardJob, root) -> dict:
     test = Dataset.from_list(data["test"])
     samples = [(pair["prompt"], pair[side]) for pair in data["test"] for side in ("chosen", "rejected")]
     truth = [true_reward(prompt, response.strip()) for prompt, response in samples]
-    correlations = []
+    candidates = best_of_n_candidates(directory, job.seed, true_reward)
+    candidate_texts = [prompt + " " + response for prompt, responses in zip(candidates["prompts"],
+                                                                            candidates["responses"])
+                       for response in responses]
+    correlations, picks = [], {str(n): [] for n in BEST_OF}
 
-    class RankCorrelation(TrainerCallback):
-        """Spearman's ρ of the model's score and the true reward on the held-out samples, after every epoch."""
+    class HeldOutScores(TrainerCallback):
+        """After every epoch: Spearman's ρ of the model's score and the true reward on the held-out samples, and the
+        true reward of the model's best-of-n picks among the reference policy's candidates."""
 
         def on_epoch_end(self, args, state, control, model=None, processing_class=None, **kwargs):
             tokenizer = processing_class
-            texts = [prompt + response + tokenizer.eos_token for prompt, response in samples]  # as TRL tokenises
+
+            def score(texts):
+                texts = [text + tokenizer.eos_token for text in texts]  # as TRL tokenises
+                scores = []
+                with torch.no_grad():
+                    for start in range(0, len(texts), 256):
+                        batch = tokenizer(texts[start : start + 256], return_tensors="pt", padding=True)
+                        scores += model(**batch).logits[:, 0].float().tolist()
+                return scores
+
             model.eval()
-            scores = []
-            with torch.no_grad():
-                for start in range(0, len(texts), 128):
-                    batch = tokenizer(texts[start : start + 128], return_tensors="pt", padding=True)
-                    scores += model(**batch).logits[:, 0].float().tolist()
+            correlations.append(spearman(score([prompt + response for prompt, response in samples]), truth))
+            flat, k = score(candidate_texts), max(BEST_OF)
+            by_prompt = [flat[i : i + k] for i in range(0, len(flat), k)]
+            for n in BEST_OF:
+                picks[str(n)].append(best_of_n(by_prompt, candidates["true_rewards"], n))
             model.train()
-            correlations.append(spearman(scores, truth))
 
     args = RobustRewardConfig(
         output_dir=str(Path(root) / "runs" / f"{job.method}-{job.noise}-{job.flip_rate}-{job.seed}"),
@@ -157,7 +207,7 @@ def run_reward_job(job: RewardJob, root) -> dict:
     )
     trainer = RobustRewardTrainer(
         model=str(directory / "reference"), args=args, train_dataset=train,
-        eval_dataset={"clean": test, "noisy_val": validation}, callbacks=[RankCorrelation()],
+        eval_dataset={"clean": test, "noisy_val": validation}, callbacks=[HeldOutScores()],
     )
     trainer.remove_callback(PrinterCallback)
     start = time.perf_counter()
@@ -169,6 +219,12 @@ def run_reward_job(job: RewardJob, root) -> dict:
         "clean_accuracy": [e["eval_accuracy"] for e in history if "eval_clean_loss" in e],
         "noisy_val_accuracy": [e["eval_accuracy"] for e in history if "eval_noisy_val_loss" in e],
         "spearman": correlations,
+        # Best-of-n: the true reward of the picks per epoch ("4", "16"), and the two references of the seed's
+        # candidates: their mean (the reference policy's) and picking by the true reward.
+        "best_of_n": picks,
+        "best_of_n_reference": statistics.fmean(r for rs in candidates["true_rewards"] for r in rs),
+        "best_of_n_true_pick": {str(n): best_of_n(candidates["true_rewards"], candidates["true_rewards"], n)
+                                for n in BEST_OF},
         # The filter's own log, once per epoch from the second on (`auto`): its estimate, and how well it chose.
         "estimated_flip_rate": [e.get("noise/estimated_flip_rate") for e in history if "noise/filter_ratio" in e],
         "filter_precision": [e.get(f"{args.loss_type}/filter_precision") for e in history
@@ -184,8 +240,10 @@ def _run_star(arguments):
 def run_grid(jobs: list[RewardJob], root, workers: int, results_file) -> list[dict]:
     """`nb.run_grid` for reward jobs: tasks built first, spawned workers with one thread each, results appended."""
     nb.quiet_libraries()
+    from trl_robust.experiments.synthetic import RewardModel
+
     for seed, setting in dict.fromkeys((j.seed, j.setting) for j in jobs):
-        nb.build_task(root, seed, setting)
+        best_of_n_candidates(nb.build_task(root, seed, setting), seed, RewardModel.from_seed(seed, setting.reward))
     results = []
     with multiprocessing.get_context("spawn").Pool(workers, initializer=nb.quiet_libraries) as pool:
         for result in pool.imap_unordered(_run_star, [(job, root) for job in jobs]):
@@ -269,7 +327,55 @@ def task_report(results: list[dict], name: str) -> list[str]:
                 + ("–" if is_bt and when == "early" else ms(d_rho, 1, 3, "+")) + " | "
                 + ("–" if is_bt and when == "last" else ms(d_last, 100, 1, "+")) + " |"
             )
-    return lines + filter_report(results, cells)
+    return lines + best_of_n_report(results, cells) + filter_report(results, cells)
+
+
+def best_of_n_report(results: list[dict], cells) -> list[str]:
+    """What each reward model buys when it picks the best of n reference samples: the true reward of its picks at the
+    same epochs as the accuracy tables, against the reference's average and against picking by the true reward."""
+    results = [r for r in results if r.get("best_of_n")]
+    if not results:
+        return []
+    # The candidates are the seed's: the two references are the same for every method of a seed.
+    by_seed = {r["seed"]: r for r in results}
+    reference = statistics.fmean(r["best_of_n_reference"] for r in by_seed.values())
+    ceiling = {n: statistics.fmean(r["best_of_n_true_pick"][str(n)] for r in by_seed.values()) for n in BEST_OF}
+    lines = ["", "## What the reward model buys: best-of-n on held-out prompts", "",
+             f"For each held-out reward prompt, {max(BEST_OF)} responses sampled from the reference policy; the reward "
+             "model picks the highest-scoring response of each disjoint group of n. True reward of the picks (mean over "
+             f"groups and prompts, then mean ± std over seeds): the reference's average is {reference:+.3f}; picking by "
+             "the true reward gets " + ", ".join(f"{ceiling[n]:+.3f} at n = {n}" for n in BEST_OF) + ". *Share*: "
+             "(pick − reference average) / (true-reward pick − reference average), per seed. Paired differences "
+             "against Bradley–Terry early-stopped on the noisy validation split."]
+    runs = {(r["method"], r["noise"], r["flip_rate"], r["seed"]): r for r in results}
+    rows = [(f"{BT}, early-stopped", BT, "early"), (f"{BT}, last epoch", BT, "last")]
+    rows += [(f"{m}, last epoch", m, "last") for m in METHODS if m != BT]
+    header = " | ".join(f"best-of-{n} | share" for n in BEST_OF)
+    lines += ["", f"| flips | method | {header} | − BT early-stopped (best-of-{max(BEST_OF)}, paired) |",
+              "|---" * (3 + 2 * len(BEST_OF)) + "|"]
+
+    def pick(result, when, n):
+        epoch = nb.early_stop_epoch(result) if when == "early" else -1
+        return result["best_of_n"][str(n)][epoch]
+
+    def share(result, when, n):
+        gain = result["best_of_n_true_pick"][str(n)] - result["best_of_n_reference"]
+        return (pick(result, when, n) - result["best_of_n_reference"]) / gain
+
+    for noise, rate in cells:
+        label = f"{rate:.0%} " + ("symmetric" if noise == "symmetric" else "prefer_longer")
+        for name, method, when in rows:
+            mine = [r for (m, nz, fr, _), r in sorted(runs.items()) if (m, nz, fr) == (method, noise, rate)]
+            if not mine:
+                continue
+            cells_ = [f"{ms([pick(r, when, n) for r in mine], 1, 3)} | {ms([share(r, when, n) for r in mine], 1, 2)}"
+                      for n in BEST_OF]
+            n = max(BEST_OF)
+            paired = [pick(r, when, n) - pick(runs[(BT, noise, rate, r["seed"])], "early", n) for r in mine
+                      if (BT, noise, rate, r["seed"]) in runs]
+            difference = "–" if (method, when) == (BT, "early") else ms(paired, 1, 3, "+")
+            lines.append(f"| {label} | {name} | " + " | ".join(cells_) + f" | {difference} |")
+    return lines
 
 
 def filter_report(results: list[dict], cells) -> list[str]:

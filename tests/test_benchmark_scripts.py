@@ -141,9 +141,39 @@ def test_the_reward_benchmark_compares_bradley_terry_with_the_symmetric_losses(t
     cells = [cell.strip() for cell in rows[1].split("|")]
     assert cells[2] == f"{100 * sympo['clean_accuracy'][-1]:.1f} ± 0.0"
     assert cells[4] == f"{100 * (sympo['clean_accuracy'][-1] - bt['clean_accuracy'][stop]):+.1f} ± 0.0"
+    # Best-of-n: the seed's candidates are cached beside its task; the two references recomputed from them by hand.
+    (candidates_file,) = (tmp_path / "work" / "tasks").glob("*seed0/best_of_n.json")
+    candidates = json.loads(candidates_file.read_text())
+    rewards = candidates["true_rewards"]
+    assert len(rewards) == len(candidates["prompts"]) == 20 and {len(r) for r in rewards} == {16}
+    for n in (4, 16):
+        by_hand = np.mean([max(r[i : i + n]) for r in rewards for i in range(0, 16, n)])
+        assert all(math.isclose(record["best_of_n_true_pick"][str(n)], by_hand) for record in records)
+        # No reward model's pick beats picking by the true reward; each has one value per epoch.
+        assert all(len(record["best_of_n"][str(n)]) == 2 and max(record["best_of_n"][str(n)]) <= by_hand + 1e-12
+                   for record in records)
+    assert all(math.isclose(record["best_of_n_reference"], np.mean(rewards)) for record in records)
+    (row,) = [line for line in report.splitlines() if line.startswith("| 40% symmetric | SymPO-sigmoid, last epoch |")]
+    cells = [cell.strip() for cell in row.split("|")]
+    pick, reference = sympo["best_of_n"]["16"][-1], sympo["best_of_n_reference"]
+    assert cells[5] == f"{pick:.3f} ± 0.000"
+    assert cells[6] == f"{(pick - reference) / (sympo['best_of_n_true_pick']['16'] - reference):.2f} ± 0.00"
+    assert cells[7] == f"{pick - bt['best_of_n']['16'][stop]:+.3f} ± 0.000"
     # Resumable: a second call reuses every result and only rewrites the report.
     run_benchmark("reward_noise.py", tmp_path, "--quick")
     assert len((tmp_path / "reward_noise.jsonl").read_text().splitlines()) == len(records)
+
+
+def test_best_of_n_picks_the_top_score_of_each_disjoint_group():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from reward_noise import best_of_n
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    # Groups of 2: (3, 1) picks 0.1, (2, 0) picks 0.5; a group of 4 picks the top score's 0.1; a tie picks the first.
+    assert math.isclose(best_of_n([[3, 1, 2, 0]], [[0.1, 0.9, 0.5, 0.2]], 2), 0.3)
+    assert math.isclose(best_of_n([[3, 1, 2, 0]], [[0.1, 0.9, 0.5, 0.2]], 4), 0.1)
+    assert math.isclose(best_of_n([[1, 1], [0, 5]], [[0.2, 0.8], [1.0, -1.0]], 2), (0.2 - 1.0) / 2)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
