@@ -1,5 +1,5 @@
 """SymPO's own reward-model experiment on real handwritten digits: do the symmetric losses keep a reward model's
-ranking under label noise where Bradley–Terry memorises the flips? (About 530 lines, over the house's ~400: the data,
+ranking under label noise where Bradley–Terry memorises the flips? (About 550 lines, over the house's ~400: the data,
 the model wrapped for TRL, the runs and the report of one experiment, which read together.)
 
 The authors' set-up (github nissymori/SymPO, `mnistpref/`), adapted to the UCI handwritten digits that scikit-learn's
@@ -8,8 +8,8 @@ wheel ships (1,797 8×8 images, intensities 0–16; MNIST cannot be downloaded h
   validation images are paired once each (consecutive in the seed's shuffle), pairs of equal digits left out as the
   authors leave them out (`allow_par=False`): ~540 training pairs, ~90 validation pairs;
 - the higher digit is preferred (deterministic labels; the authors' temperature-1 Bradley–Terry labels are `labels=
-  "bt1"` here, not in the default grid); `trl_robust.data.flip_preferences` flips an exact share of the training
-  pairs, and of the validation pairs with another seed: symmetric 0/10/20/30/40%, and SymPO's asymmetric
+  "bt1"` here, measured in `reward_regimes.py`); `trl_robust.data.flip_preferences` flips an exact share of the
+  training pairs, and of the validation pairs with another seed: symmetric 0/10/20/30/40%, and SymPO's asymmetric
   (class-conditional) noise — each pair shown in a random order, 40% of the pairs whose better image came first
   flipped and 10% of the others (25% on average);
 - the reward model: a small CNN (two 3×3 convolutions, 16 and 32 channels, 2×2 max-pool, a 128-unit layer, dropout
@@ -92,6 +92,9 @@ class Setting:
     learning_rate: float = 1e-3
     batch_size: int = 64
     labels: str = "deterministic"  # or "bt1": Bradley–Terry labels at temperature 1, as the authors draw them
+    # The first k of the seed's training images (paired as usual: ~0.45 k pairs); None = all 1,197. For the regime map
+    # (`reward_regimes.py`): less data memorises sooner. The test and validation images stay the same.
+    train_images: int | None = None
 
 
 QUICK = Setting(epochs=2)
@@ -257,9 +260,13 @@ class DigitsJob:
 
 
 def job_key(job) -> tuple:
+    """What tells runs apart. The setting's other fields join the key only where they differ from `Setting()`, so that
+    results written before a field existed (the default grid's) keep their keys and are reused."""
     job = asdict(job) if isinstance(job, DigitsJob) else job
-    s = job["setting"]
-    return (s["epochs"], s["labels"], job["method"], job["noise"], job["flip_rate"], job["seed"])
+    s, default = job["setting"], asdict(Setting())
+    other = tuple((name, s.get(name, value)) for name, value in default.items()
+                  if name not in ("epochs", "labels") and s.get(name, value) != value)
+    return (s["epochs"], s["labels"], job["method"], job["noise"], job["flip_rate"], job["seed"]) + other
 
 
 def run_digits_job(job: DigitsJob, root) -> dict:
@@ -272,6 +279,10 @@ def run_digits_job(job: DigitsJob, root) -> dict:
     images, digits = load_images()
     test, validation, train = split_images(len(images), job.seed)
     setting = job.setting
+    if setting.train_images is not None:
+        if not 2 <= setting.train_images <= len(train):
+            raise ValueError(f"train_images must be between 2 and {len(train)}, got {setting.train_images}")
+        train = train[: setting.train_images]
     train_set = noisy_pairs(pair_images(train, digits, setting.labels, job.seed), job.noise, job.flip_rate, job.seed)
     if job.method == ORACLE:
         train_set = train_set.filter(lambda row: not row["label_flipped"])

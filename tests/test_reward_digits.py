@@ -114,6 +114,18 @@ def fake_run(method, seed, clean, noisy_val, rate=0.4):
             "setting": {"epochs": len(clean), "learning_rate": 1e-3, "batch_size": 64, "labels": "deterministic"}}
 
 
+def test_the_run_key_adds_a_setting_field_only_where_it_leaves_its_default(digits_script):
+    """Results written before `train_images` existed keep their keys (the grid reuses them); a smaller training set or
+    another learning rate is another run."""
+    old = fake_run(digits_script.BT, 0, [0.7] * 50, [0.6] * 50)  # its setting has no train_images
+    job = digits_script.DigitsJob(digits_script.BT, "symmetric", 0.4, 0)
+    assert digits_script.job_key(old) == digits_script.job_key(job) == (50, "deterministic", job.method, "symmetric",
+                                                                        0.4, 0)
+    smaller = digits_script.DigitsJob(job.method, "symmetric", 0.4, 0, digits_script.Setting(train_images=300))
+    faster = digits_script.DigitsJob(job.method, "symmetric", 0.4, 0, digits_script.Setting(learning_rate=3e-3))
+    assert len({digits_script.job_key(j) for j in (job, smaller, faster)}) == 3
+
+
 def test_the_report_pairs_each_loss_with_bradley_terry_selected_on_the_noisy_validation_split(digits_script):
     bt = digits_script.BT
     results = [
