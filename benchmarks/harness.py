@@ -20,6 +20,7 @@ from trl_robust.experiments.training_runs import (  # noqa: F401  re-exported fo
     METHODS,
     ORACLE,
     SECOND_TASK,
+    THIRD_TASK,
     WARMUP_EPOCHS,
     Job,
     Setting,

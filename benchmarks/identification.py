@@ -53,7 +53,8 @@ from transformers import HfArgumentParser  # noqa: E402
 import harness as nb  # noqa: E402  benchmarks/harness.py: this folder is on sys.path when a script runs
 
 SETTING = replace(nb.Setting(), reward_gain_every_epoch=False)
-TASKS = {"first": SETTING, "second": replace(nb.SECOND_TASK, reward_gain_every_epoch=False)}
+TASKS = {"first": SETTING, "second": replace(nb.SECOND_TASK, reward_gain_every_epoch=False),
+         "third": replace(nb.THIRD_TASK, reward_gain_every_epoch=False)}
 QUICK = replace(SETTING, n_train=200, n_validation=60, n_test=60, n_reward_prompts=20, epochs=2)
 RATES = (0.0, 0.2, 0.4)
 FOLDS = 2
@@ -79,7 +80,7 @@ TRAINED = {"ROPO": "ropo"}
 @dataclass
 class Arguments:
     seeds: int = field(default=10, metadata={"help": "paired seeds 0..seeds-1"})
-    task: str = field(default="first", metadata={"help": "first or second (harness.SECOND_TASK)"})
+    task: str = field(default="first", metadata={"help": "first, second or third (harness.SECOND_TASK, THIRD_TASK)"})
     rates: list[float] = field(default_factory=lambda: list(RATES), metadata={"help": "symmetric flip rates"})
     dpo_only: bool = field(default=False, metadata={"help": "only DPO's runs, for the stopping rules (their own file)"})
     workers: int = field(default=0, metadata={"help": "processes (0: one per core, at most 2)"})

@@ -36,6 +36,17 @@ def test_the_graded_reward_has_continuous_scores_and_no_topic_bonus():
         RewardModel.from_seed(0, "sparse")
 
 
+def test_the_sum_reward_adds_the_word_scores_with_no_topic_bonus():
+    summed, topic = RewardModel.from_seed(0, "sum"), RewardModel.from_seed(0, "topic")
+    assert summed.scores == topic.scores  # the same ±1 split of the vocabulary as the first task's
+    good = sorted(w for w, v in summed.scores.items() if v > 0)[:2]
+    bad = sorted(w for w, v in summed.scores.items() if v < 0)[0]
+    # +1 +1 −1 = 1 (a mean would give 1/3); the prompt's own word counts once (no topic bonus).
+    assert summed(good[0], f"{good[0]} {good[1]} {bad}") == 1
+    assert summed(good[0], f"{good[0]} {good[1]}") == 2 and summed("x", f"{good[0]}") == 1
+    assert runs.THIRD_TASK.reward == "sum"
+
+
 def test_each_task_variant_has_its_own_cache_and_run_directories(tmp_path):
     first, second = runs.Setting(), runs.SECOND_TASK
     assert runs.task_dir(tmp_path, 3, first) == runs.task_dir(tmp_path, 3) == tmp_path / "tasks" / "seed3"  # as before

@@ -26,20 +26,24 @@ import torch
 from ..tiny import WORDS, make_tiny_model, make_tokenizer
 
 
-REWARD_KINDS = ("topic", "graded")
+REWARD_KINDS = ("topic", "graded", "sum")
 
 
 @dataclass(frozen=True)
 class RewardModel:
     """The hidden word scores that define the true reward.
 
-    Two kinds (`from_seed`): `topic`, the module's reward (scores ±1, prompt words count double), and `graded`, scores
+    Three kinds (`from_seed`): `topic`, the module's reward (scores ±1, prompt words count double), and `graded`, scores
     drawn uniformly from [−1, 1] with no topic bonus: many pairs then differ by little, so the task has hard,
-    near-tied pairs that `topic` lacks. Neither depends on the response's length.
+    near-tied pairs that `topic` lacks. Neither depends on the response's length. `sum`: scores ±1, no topic bonus,
+    summed over the response's words instead of averaged: exactly the form of DPO's implicit reward (a sum over
+    tokens of β·log πθ/πref), so a policy can fit it and DPO reaches a high clean accuracy (the easy end of the
+    range a default must hold at).
     """
 
     scores: dict[str, float]
     topic_weight: float = 2.0
+    total: bool = False  # sum the word scores rather than average them
 
     @classmethod
     def from_seed(cls, seed: int, kind: str = "topic") -> "RewardModel":
@@ -51,6 +55,9 @@ class RewardModel:
             return cls({w: (1 if i < half else -1) for i, w in enumerate(words)})
         if kind == "graded":
             return cls({w: rng.uniform(-1.0, 1.0) for w in words}, topic_weight=1.0)
+        if kind == "sum":
+            half = len(words) // 2
+            return cls({w: (1 if i < half else -1) for i, w in enumerate(words)}, topic_weight=1.0, total=True)
         raise ValueError(f"reward kind must be one of {REWARD_KINDS}, got {kind!r}")
 
     def __call__(self, prompt: str, response: str) -> float:
@@ -59,7 +66,8 @@ class RewardModel:
             return 0.0
         topic = set(prompt_words)
         weights = [self.topic_weight if w in topic else 1 for w in response_words]
-        return sum(self.scores.get(w, 0) * k for w, k in zip(response_words, weights)) / len(response_words)
+        total = sum(self.scores.get(w, 0) * k for w, k in zip(response_words, weights))
+        return total if self.total else total / len(response_words)
 
 
 def random_prompts(n: int, rng: random.Random) -> list[str]:
