@@ -34,6 +34,7 @@ map, then the bt1 cell, then the 0% map) and seed by seed, so an interrupted gri
 `<output_dir>/reward_regimes.md`. Needs scikit-learn for the digits (`pip install trl-robust[benchmark]`).
 """
 
+import contextlib
 import json
 import os
 import statistics
@@ -45,6 +46,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
 import harness as nb  # noqa: E402  beside this script, as are the two benchmarks
@@ -140,6 +143,11 @@ def jobs_for(quick: bool, seeds) -> list[tuple[str, object]]:
     return jobs + [job for lr in lrs for seed in seeds for job in synthetic(0.0, seed, [lr])]
 
 
+def unique(results: list[dict]) -> list[dict]:
+    """The newest result of each run (a run made again replaces the earlier one, in its place)."""
+    return list({result_key(r["task"], r): r for r in results}.values())
+
+
 def result_key(task: str, result: dict) -> tuple:
     if task == "digits":
         return ("digits",) + rd.job_key(result)
@@ -148,12 +156,67 @@ def result_key(task: str, result: dict) -> tuple:
             result["flip_rate"], result["seed"])
 
 
+def recording_agreement(trainer_class, curves: dict):
+    """`trainer_class` that also records, after every epoch, the model's agreement with the flipped and the unflipped
+    training labels into `curves` (what the digits benchmark records and `reward_noise.run_reward_job` does not), the
+    pairs batched by TRL's own collator. Scoring in eval mode under no_grad draws no random numbers: the run trains as
+    it would without it."""
+    from transformers import TrainerCallback
+
+    class AgreementTrainer(trainer_class):
+        def __init__(self, *args, train_dataset=None, **kwargs):
+            flipped = np.array(train_dataset["label_flipped"], dtype=bool)
+            super().__init__(*args, train_dataset=train_dataset, **kwargs)
+            pairs = self.train_dataset
+            if len(pairs) != len(flipped):  # TRL dropped over-long pairs: the flags no longer line up
+                raise RuntimeError(f"{len(flipped) - len(pairs)} training pairs were dropped; cannot align the flips")
+            trainer = self
+
+            class Agreement(TrainerCallback):
+                def on_epoch_end(self, args, state, control, model=None, **kwargs):
+                    model.eval()
+                    agree = []
+                    with torch.no_grad():
+                        for start in range(0, len(pairs), 256):
+                            rows = pairs[start : start + 256]
+                            batch = trainer.data_collator([{"chosen_ids": c, "rejected_ids": r} for c, r in
+                                                           zip(rows["chosen_ids"], rows["rejected_ids"])])
+                            scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                            chosen, rejected = scores.logits[:, 0].float().chunk(2)
+                            agree += (chosen > rejected).tolist()
+                    model.train()
+                    agree = np.array(agree)
+                    curves["flipped_agreement"].append(float(agree[flipped].mean()) if flipped.any() else None)
+                    curves["unflipped_agreement"].append(float(agree[~flipped].mean()))
+
+            self.add_callback(Agreement())
+
+    return AgreementTrainer
+
+
 def run(task: str, job, root, base, sizes) -> dict:
-    """One run of either benchmark, its result marked with its task; a synthetic seed's nested tasks built first."""
+    """One run of either benchmark, its result marked with its task; a synthetic seed's nested tasks built first, its
+    trainer recording the agreement with the training labels (`recording_agreement`)."""
     if task == "digits":
         return {"task": task, **rd.run_digits_job(job, Path(root) / "digits")}
     nested_tasks(root, job.seed, base, sizes)
-    return {"task": task, **rn.run_reward_job(job, root)}
+    curves = {"flipped_agreement": [], "unflipped_agreement": []}
+    with agreement_into(curves):
+        return {"task": task, **rn.run_reward_job(job, root), **curves}
+
+
+@contextlib.contextmanager
+def agreement_into(curves: dict):
+    """While inside, `trl_robust.RobustRewardTrainer` (what the benchmarks' run functions import when they run)
+    records the agreement with the training labels into `curves`."""
+    import trl_robust
+
+    original = trl_robust.RobustRewardTrainer
+    trl_robust.RobustRewardTrainer = recording_agreement(original, curves)
+    try:
+        yield
+    finally:
+        trl_robust.RobustRewardTrainer = original
 
 
 # ---- the report ---------------------------------------------------------------------------------------------------
@@ -218,7 +281,7 @@ def map_report(results, task: str) -> list[str]:
              "seeds; accuracies and differences in points.", "", "Bradley–Terry's clean accuracy:", "", header, rule]
     lines += [row(lr, size, [ms([r["clean_accuracy"][e - 1] for r in bt(runs)]) for e in epochs])
               for (lr, size), runs in cells.items()]
-    if task == "digits":
+    if agreement_recorded(cells):
         lines += ["", "Bradley–Terry's memorisation: agreement with the *flipped* training labels (%; 0 = every flip "
                   "resisted, 100 = every flip learnt), and its late drop (best clean accuracy so far − now, points) "
                   "in brackets:", "", header, rule]
@@ -235,27 +298,34 @@ def map_report(results, task: str) -> list[str]:
     lines += ["", "SymPO-sigmoid − Bradley–Terry at the same epoch (clean accuracy, paired by seed):", "", header,
               rule]
     lines += [row(lr, size, [ms(paired_at(runs, e), sign="+") for e in epochs]) for (lr, size), runs in cells.items()]
-    lines += follow_report(cells, epochs, task) + stopped_report(cells, epochs, unit)
+    lines += follow_report(cells, epochs) + stopped_report(cells, epochs, unit)
     return lines
 
 
-def memorisation(task: str, runs, epoch: int) -> float:
-    """The map's memorisation measure for one cell: BT's flipped agreement (digits) or late drop (synthetic)."""
+def agreement_recorded(cells) -> bool:
+    """Whether every run of the map recorded its agreement with the flipped training labels (older synthetic runs
+    did not: their memorisation measure is the late drop)."""
+    return all(r.get("flipped_agreement") for runs in cells.values() for r in runs.values())
+
+
+def memorisation(runs, epoch: int, agreement: bool) -> float:
+    """The map's memorisation measure for one cell: BT's agreement with the flipped labels, else its late drop."""
     mine = [r for (m, _), r in runs.items() if m == BT]
-    if task == "digits":
+    if agreement:
         return statistics.fmean(r["flipped_agreement"][epoch - 1] for r in mine)
     return statistics.fmean(late_drop(r["clean_accuracy"], epoch) for r in mine)
 
 
-def follow_report(cells, epochs, task: str) -> list[str]:
+def follow_report(cells, epochs) -> list[str]:
     """Does the advantage follow memorisation? Across the map's (lr, size, epoch) cells: the correlation of BT's
     memorisation measure with the mean paired difference."""
-    points = [(memorisation(task, runs, e), statistics.fmean(d)) for runs in cells.values() for e in epochs
+    agreement = agreement_recorded(cells)
+    points = [(memorisation(runs, e, agreement), statistics.fmean(d)) for runs in cells.values() for e in epochs
               if (d := paired_at(runs, e))]
     if len(points) < 3 or len({p[0] for p in points}) < 2 or len({p[1] for p in points}) < 2:
         return []
     x, y = zip(*points)
-    what = "agreement with the flipped labels" if task == "digits" else "late drop"
+    what = "agreement with the flipped labels" if agreement else "late drop"
     return ["", f"Across the {len(points)} (lr, size, epoch) cells above, Pearson's correlation of Bradley–Terry's "
             f"{what} with the mean SymPO-sigmoid − Bradley–Terry difference: {statistics.correlation(x, y):+.2f}."]
 
@@ -342,26 +412,31 @@ def main(argv=None) -> None:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "reward_regimes.jsonl"
-    done = [json.loads(line) for line in results_file.read_text().splitlines()] if results_file.exists() else []
-    start, reused = time.perf_counter(), len(done)
+    lines = results_file.read_text().splitlines() if results_file.exists() else []
+    done = unique([json.loads(line) for line in lines])
+    start, ran = time.perf_counter(), 0
     if not args.report_only:
         nb.quiet_libraries()
         grids, base = (QUICK_GRIDS, QUICK_SYNTHETIC) if args.quick else (GRIDS, SYNTHETIC)
-        seen = {result_key(r["task"], r) for r in done}
+        # A synthetic run from before the agreement was recorded is run again (the same run: its curves come back
+        # the same) and replaces the old record.
+        seen = {result_key(r["task"], r) for r in done if "flipped_agreement" in r}
         # One run at a time, in this process, one thread: the machine's cores are shared.
         for task, job in jobs_for(args.quick, [0] if args.quick else range(args.seeds)):
             if result_key(task, {"task": task, **asdict(job)}) in seen:
                 continue
             result = run(task, job, out / "work" / "regimes", base, grids["synthetic"].sizes)
-            done.append(result)
+            done, ran = unique(done + [result]), ran + 1
             with open(results_file, "a") as file:
                 file.write(json.dumps(result) + "\n")
             print(f"{task} {job.method} {job.flip_rate} seed {job.seed} lr {job.setting.learning_rate} "
                   f"size {size_of(result)} {job.setting.epochs} ep: {result['seconds']:.0f}s", flush=True)
+        if len(done) < len(results_file.read_text().splitlines()):  # replaced records: keep the newest only
+            results_file.write_text("".join(json.dumps(r) + "\n" for r in done))
     minutes = (time.perf_counter() - start) / 60 if not args.report_only else None
     command = "python benchmarks/reward_regimes.py" + (" --quick" if args.quick else "")
     command += f" --seeds {args.seeds}" if args.seeds != 3 and not args.quick else ""
-    text = report(done, command, minutes, len(done) - reused)
+    text = report(done, command, minutes, ran)
     (out / "reward_regimes.md").write_text(text)
     print(text)
 

@@ -39,9 +39,10 @@ def fake(task, method, seed, clean, noisy_val, lr=1e-3, size=300, flipped=None):
     setting = ({"epochs": len(clean), "learning_rate": lr, "batch_size": 64, "labels": "deterministic",
                 "train_images": size} if task == "digits" else {"n_train": size, "learning_rate": lr,
                                                                   "epochs": len(clean)})
-    return {"task": task, "method": method, "noise": "symmetric", "flip_rate": 0.4, "seed": seed,
-            "clean_accuracy": clean, "noisy_val_accuracy": noisy_val, "setting": setting, "n_train": 100,
-            "flipped_agreement": flipped or [0.5] * len(clean)}
+    result = {"task": task, "method": method, "noise": "symmetric", "flip_rate": 0.4, "seed": seed,
+              "clean_accuracy": clean, "noisy_val_accuracy": noisy_val, "setting": setting, "n_train": 100}
+    # The synthetic runs made before the agreement was recorded: without it (their measure is the late drop).
+    return result | ({"flipped_agreement": flipped or [0.5] * len(clean)} if task == "digits" else {})
 
 
 def test_the_map_reports_paired_differences_late_drops_and_early_stopping_as_recomputed_by_hand(regimes):
@@ -117,10 +118,35 @@ def test_a_quick_run_goes_through_both_benchmarks_nests_the_tasks_and_resumes(re
     assert f"| 0.003 | 200 | {difference:+.1f} ± 0.0 |" in report
     assert "# Digits with the authors' temperature-1 labels" in report and "### 40% symmetric" in report
 
+    synthetic = [r for r in results if r["task"] == "synthetic"]
+    assert all(len(r["flipped_agreement"]) == len(r["unflipped_agreement"]) == 2 for r in synthetic)
+
     def no_training(*args, **kwargs):
         raise AssertionError("a run was trained again instead of reused")
 
+    # A synthetic record from before the agreement was recorded is run again and replaced, with the same curves.
     monkeypatch.setattr(regimes.rd, "run_digits_job", no_training)
+    old = [{k: v for k, v in r.items() if not k.endswith("agreement")} if r["task"] == "synthetic" else r
+           for r in results]
+    (tmp_path / "reward_regimes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    regimes.main(["--quick", "--output_dir", str(tmp_path)])
+    again = [json.loads(line) for line in (tmp_path / "reward_regimes.jsonl").read_text().splitlines()]
+    assert len(again) == len(results)
+    for before, after in zip(synthetic, [r for r in again if r["task"] == "synthetic"]):
+        assert after["clean_accuracy"] == before["clean_accuracy"]
+        assert after["flipped_agreement"] == before["flipped_agreement"]
     monkeypatch.setattr(regimes.rn, "run_reward_job", no_training)
     regimes.main(["--quick", "--output_dir", str(tmp_path)])
     assert len((tmp_path / "reward_regimes.jsonl").read_text().splitlines()) == len(results)
+
+
+def test_the_agreement_recorded_through_trls_collator_is_the_digits_benchmarks_own(regimes, tmp_path):
+    """Two computations of one quantity: the digits benchmark scores its training pairs with the CNN directly; the
+    recording trainer batches them through TRL's collator. Same run, same agreement."""
+    curves = {"flipped_agreement": [], "unflipped_agreement": []}
+    job = regimes.rd.DigitsJob(regimes.BT, "symmetric", 0.4, 1, regimes.rd.Setting(epochs=3, train_images=300))
+    with regimes.agreement_into(curves):
+        result = regimes.rd.run_digits_job(job, tmp_path)
+    assert len(curves["flipped_agreement"]) == 3
+    for name in ("flipped_agreement", "unflipped_agreement"):
+        assert curves[name] == pytest.approx(result[name], abs=1e-9)
