@@ -1,6 +1,7 @@
 """Where does Bradley–Terry start to memorise the flips, in learning rate × epochs × data size, and does the symmetric
 losses' advantage follow it? A regime map on both reward tasks (issue 21, item 4), and the digits with the authors'
-temperature-1 labels.
+temperature-1 labels. (About 450 lines, over the house's ~400: one experiment's grid, its one addition to the runs and
+its report, which read together.)
 
 The runs are the two reward benchmarks' own, imported: `reward_digits.run_digits_job` (the handwritten digits, a small
 CNN; its `Setting.train_images` takes the first k of a seed's training images) and `reward_noise.run_reward_job` (the
@@ -11,14 +12,15 @@ varied. At 40% symmetric flips (and 0%, for the cost on clean labels), Bradley�
   2,000 pairs is built per seed and the smaller ones keep its first pairs and the same validation and test pairs
   (`nested_tasks`), so that a size's effect is not a different test set's.
 Epochs cost nothing extra: both schedules are constant, so epoch k of the longest run is a run of k epochs, and the
-per-epoch curves are read at several epoch counts (`EPOCHS_READ`).
+per-epoch curves are read at several epoch counts (`Grid.epochs_read`).
 
-Memorisation: on the digits, Bradley–Terry's agreement with the flipped training labels (recorded by the digits
-benchmark); on the synthetic task that is not recorded, so the measure there (and, for comparison, on the digits too)
-is the *late drop*: the best clean accuracy up to epoch k minus the clean accuracy at epoch k. The symmetric advantage:
-SymPO-sigmoid − Bradley–Terry in clean accuracy at the same epoch, paired by seed (same pairs, flips, initial weights
-and batch order); and SymPO-sigmoid at the last epoch against Bradley–Terry early-stopped on the noisy validation
-split.
+Memorisation: Bradley–Terry's agreement with the flipped training labels after each epoch (recorded by the digits
+benchmark; on the synthetic task, which does not record it, by `recording_agreement`, a trainer subclass put in place
+while `run_reward_job` runs), and its *late drop*: the best clean accuracy up to epoch k minus the clean accuracy at
+epoch k (what a user would lose by training on; on a 300-pair test split partly sampling noise). The symmetric
+advantage: SymPO-sigmoid − Bradley–Terry in clean accuracy at the same epoch, paired by seed (same pairs, flips,
+initial weights and batch order); and SymPO-sigmoid at the last epoch against Bradley–Terry early-stopped on the noisy
+validation split.
 
 The temperature-1 section: the digits benchmark's default setting with `labels="bt1"` (the authors' labels: the higher
 digit chosen with probability σ(d₁ − d₂), then the symmetric flips), 10 paired seeds at 0/20/40%, Bradley–Terry,
@@ -30,8 +32,8 @@ SymPO-sigmoid and SymPO-ramp, reported with the digits benchmark's own tables.
     python benchmarks/reward_regimes.py --quick --output_dir /tmp/rr   # smoke run: one cell per task, 2 epochs
 
 Results (`<output_dir>/reward_regimes.jsonl`) are appended run by run and reused; runs are ordered by priority (40%
-map, then the bt1 cell, then the 0% map) and seed by seed, so an interrupted grid leaves paired seeds. Writes
-`<output_dir>/reward_regimes.md`. Needs scikit-learn for the digits (`pip install trl-robust[benchmark]`).
+map, then the bt1 cell, then the 0% map: `jobs_for`) and seed by seed, so an interrupted grid leaves paired seeds.
+Writes `<output_dir>/reward_regimes.md`. Needs scikit-learn for the digits (`pip install trl-robust[benchmark]`).
 """
 
 import contextlib
