@@ -284,10 +284,14 @@ def map_report(results, task: str) -> list[str]:
     lines += [row(lr, size, [ms([r["clean_accuracy"][e - 1] for r in bt(runs)]) for e in epochs])
               for (lr, size), runs in cells.items()]
     if agreement_recorded(cells):
-        lines += ["", "Bradley–Terry's memorisation: agreement with the *flipped* training labels (%; 0 = every flip "
-                  "resisted, 100 = every flip learnt), and its late drop (best clean accuracy so far − now, points) "
-                  "in brackets:", "", header, rule]
-        lines += [row(lr, size, [f"{statistics.fmean(r['flipped_agreement'][e - 1] for r in bt(runs)) * 100:.0f} "
+        lines += ["", "Memorisation: agreement with the *flipped* training labels (%; 0 = every flip resisted, 100 = "
+                  "every flip learnt), Bradley–Terry / SymPO-sigmoid, and Bradley–Terry's late drop (best clean "
+                  "accuracy so far − now, points) in brackets:", "", header, rule]
+
+        def agreement(runs, method, e):
+            return statistics.fmean(r["flipped_agreement"][e - 1] for (m, _), r in runs.items() if m == method) * 100
+
+        lines += [row(lr, size, [f"{agreement(runs, BT, e):.0f} / {agreement(runs, SYMPO, e):.0f} "
                                  f"({statistics.fmean(late_drop(r['clean_accuracy'], e) for r in bt(runs)) * 100:.1f})"
                                  for e in epochs]) for (lr, size), runs in cells.items()]
     else:

@@ -83,7 +83,7 @@ def test_the_correlation_of_memorisation_with_the_advantage_is_pearsons_over_the
     x, y = np.array([0.2, 0.5, 0.9]), np.array([1.0, 2.0, 7.0])
     expected = float(np.corrcoef(x, y)[0, 1])
     assert f"mean SymPO-sigmoid − Bradley–Terry difference: {expected:+.2f}." in text
-    assert "| 0.001 | 300 | 20 (0.0) |" in text and "| 0.001 | 1197 | 90 (0.0) |" in text
+    assert "| 0.001 | 300 | 20 / 50 (0.0) |" in text and "| 0.001 | 1197 | 90 / 50 (0.0) |" in text
 
 
 def test_a_quick_run_goes_through_both_benchmarks_nests_the_tasks_and_resumes(regimes, tmp_path, monkeypatch):
