@@ -286,7 +286,8 @@ def report(results: list[dict], command: str, minutes: float | None, ran: int = 
         setting = result["setting"]
         by_task.setdefault((setting["reward"], setting["n_train"]), []).append(result)
     names = {(t.reward, t.n_train): name for name, t in TASKS.items()}
-    for task, mine in by_task.items():
+    order = list(names)  # the tasks in `TASKS` order, whatever order their results were appended in
+    for task, mine in sorted(by_task.items(), key=lambda item: order.index(item[0]) if item[0] in order else -1):
         lines += task_report(mine, names.get(task, "quick"))
     return "\n".join(lines) + "\n"
 
