@@ -26,7 +26,7 @@ The temperature-1 section: the digits benchmark's default setting with `labels="
 digit chosen with probability σ(d₁ − d₂), then the symmetric flips), 10 paired seeds at 0/20/40%, Bradley–Terry,
 SymPO-sigmoid and SymPO-ramp, reported with the digits benchmark's own tables.
 
-    python benchmarks/reward_regimes.py                # the map (216 runs) and the bt1 cell (90 runs): ~75 min, 1 core
+    python benchmarks/reward_regimes.py                # the map (216 runs), the bt1 cell (90): ~95 min, 1 shared core
     python benchmarks/reward_regimes.py --seeds 2      # the map with fewer seeds (the bt1 cell keeps its 10)
     python benchmarks/reward_regimes.py --report_only
     python benchmarks/reward_regimes.py --quick --output_dir /tmp/rr   # smoke run: one cell per task, 2 epochs
