@@ -28,6 +28,9 @@ per task. Cells: symmetric flips at 0, 20, 40%, and 20% from an annotator who pr
 
 Results (`<output_dir>/reward_noise.jsonl`) are appended run by run and reused: an interrupted run continues where it
 stopped. Writes `<output_dir>/reward_noise.md`.
+
+(About 440 lines, over the house's ~400: the runs, the best-of-n candidates and the report of one benchmark, which
+read together; the shared parts are in `harness.py`.)
 """
 
 import json

@@ -92,13 +92,10 @@ class Setting:
         return f"{self.reward}-{self.n_train}-{self.n_validation}-{self.n_test}-{self.n_reward_prompts}"
 
 
-# A second task that differs in what matters to the defaults: the reward's structure (graded word scores, many
-# near-tied pairs), twice the pairs, half the batch, a learning rate 3x lower, half the epochs (so twice the steps per
-# epoch and the same pairs seen in all).
+# A second task that differs in what matters to the defaults: graded word scores (many near-tied pairs), twice the
+# pairs, half the batch, lr 3x lower, half the epochs (twice the steps per epoch, the same pairs seen in all).
 SECOND_TASK = Setting(n_train=2000, epochs=10, learning_rate=3e-3, batch_size=32, reward="graded")
-# A third task at the easy end (issue 20, item 5): the reward is a sum of ±1 word scores, the form of DPO's implicit
-# reward, and there are 4000 pairs, so DPO on clean labels reaches about 99% clean accuracy (a good pretrained model on
-# easy preferences), where the first two tasks reach 85-92%.
+# A third at the easy end (issue 20, item 5): summed ±1 word scores, 4000 pairs; DPO reaches ~99% on clean labels.
 THIRD_TASK = Setting(n_train=4000, epochs=10, learning_rate=3e-3, reward="sum")
 
 
