@@ -19,7 +19,7 @@ what a filter that knew the flips would leave). Per epoch:
 Reported: Bradley–Terry early-stopped on the noisy validation split and at its last epoch, each other method at its last
 epoch (mean ± std over seeds), the paired differences by seed, and the auto filter's estimated flip rate and precision,
 per task. Cells: symmetric flips at 0, 20, 40%, and 20% from an annotator who prefers the longer response
-(`prefer_longer`). Best-of-n is recorded by every run since issue 21; runs from before it report "–" there.
+(`prefer_longer`). A task whose runs predate best-of-n (the second, in the results file) has no best-of-n section.
 
     python benchmarks/reward_noise.py                 # 10 seeds, both tasks, 560 runs: ~50 min on 2 CPU cores
     python benchmarks/reward_noise.py --seeds 3 --tasks first   # a smaller look
