@@ -269,8 +269,9 @@ def job_key(job) -> tuple:
     return (s["epochs"], s["labels"], job["method"], job["noise"], job["flip_rate"], job["seed"]) + other
 
 
-def run_digits_job(job: DigitsJob, root) -> dict:
-    """Train one reward model through `RobustRewardTrainer`; return its per-epoch curves."""
+def run_digits_job(job: DigitsJob, root, trainer_class=None) -> dict:
+    """Train one reward model through `RobustRewardTrainer` (or `trainer_class`, a subclass of it that records more);
+    return its per-epoch curves."""
     from transformers import PrinterCallback, TrainerCallback
 
     from trl_robust import RobustRewardConfig, RobustRewardTrainer
@@ -320,7 +321,7 @@ def run_digits_job(job: DigitsJob, root) -> dict:
     )
     torch.manual_seed(job.seed)  # the same initial weights for every method of a seed
     model = DigitScorer(DigitScorerConfig())
-    trainer = RobustRewardTrainer(
+    trainer = (trainer_class or RobustRewardTrainer)(
         model=model, args=args, train_dataset=as_tokens(train_set, images),
         eval_dataset={"noisy_val": as_tokens(val_set, images)}, processing_class=pixel_tokenizer(),
         callbacks=[Curves()],

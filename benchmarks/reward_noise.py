@@ -147,8 +147,9 @@ def best_of_n(scores, true_rewards, n: int) -> float:
     return statistics.fmean(picks)
 
 
-def run_reward_job(job: RewardJob, root) -> dict:
-    """Train one reward model on one noisy copy of the task; return its per-epoch curves."""
+def run_reward_job(job: RewardJob, root, trainer_class=None) -> dict:
+    """Train one reward model on one noisy copy of the task; return its per-epoch curves. `trainer_class`: a subclass
+    of `RobustRewardTrainer` to train with instead (one that records more, as `reward_regimes.py`'s does)."""
     import torch
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
@@ -208,7 +209,7 @@ def run_reward_job(job: RewardJob, root) -> dict:
         eval_strategy="epoch", logging_strategy="epoch", save_strategy="no", report_to="none", use_cpu=True, bf16=False,
         gradient_checkpointing=False, disable_tqdm=True, seed=job.seed, data_seed=job.seed,
     )
-    trainer = RobustRewardTrainer(
+    trainer = (trainer_class or RobustRewardTrainer)(
         model=str(directory / "reference"), args=args, train_dataset=train,
         eval_dataset={"clean": test, "noisy_val": validation}, callbacks=[HeldOutScores()],
     )

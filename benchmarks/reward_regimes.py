@@ -15,8 +15,8 @@ Epochs cost nothing extra: both schedules are constant, so epoch k of the longes
 per-epoch curves are read at several epoch counts (`Grid.epochs_read`).
 
 Memorisation: Bradley–Terry's agreement with the flipped training labels after each epoch (recorded by the digits
-benchmark; on the synthetic task, which does not record it, by `recording_agreement`, a trainer subclass put in place
-while `run_reward_job` runs), and its *late drop*: the best clean accuracy up to epoch k minus the clean accuracy at
+benchmark; on the synthetic task, which does not record it, by `recording_agreement`, the trainer subclass it passes
+to `run_reward_job`), and its *late drop*: the best clean accuracy up to epoch k minus the clean accuracy at
 epoch k (what a user would lose by training on; on a 300-pair test split partly sampling noise). The symmetric
 advantage: SymPO-sigmoid − Bradley–Terry in clean accuracy at the same epoch, paired by seed (same pairs, flips,
 initial weights and batch order); and SymPO-sigmoid at the last epoch against Bradley–Terry early-stopped on the noisy
@@ -36,7 +36,6 @@ map, then the bt1 cell, then the 0% map: `jobs_for`) and seed by seed, so an int
 Writes `<output_dir>/reward_regimes.md`. Needs scikit-learn for the digits (`pip install trl-robust[benchmark]`).
 """
 
-import contextlib
 import json
 import os
 import statistics
@@ -202,23 +201,10 @@ def run(task: str, job, root, base, sizes) -> dict:
     if task == "digits":
         return {"task": task, **rd.run_digits_job(job, Path(root) / "digits")}
     nested_tasks(root, job.seed, base, sizes)
+    from trl_robust import RobustRewardTrainer
+
     curves = {"flipped_agreement": [], "unflipped_agreement": []}
-    with agreement_into(curves):
-        return {"task": task, **rn.run_reward_job(job, root), **curves}
-
-
-@contextlib.contextmanager
-def agreement_into(curves: dict):
-    """While inside, `trl_robust.RobustRewardTrainer` (what the benchmarks' run functions import when they run)
-    records the agreement with the training labels into `curves`."""
-    import trl_robust
-
-    original = trl_robust.RobustRewardTrainer
-    trl_robust.RobustRewardTrainer = recording_agreement(original, curves)
-    try:
-        yield
-    finally:
-        trl_robust.RobustRewardTrainer = original
+    return {"task": task, **rn.run_reward_job(job, root, recording_agreement(RobustRewardTrainer, curves)), **curves}
 
 
 # ---- the report ---------------------------------------------------------------------------------------------------

@@ -145,8 +145,9 @@ def test_the_agreement_recorded_through_trls_collator_is_the_digits_benchmarks_o
     recording trainer batches them through TRL's collator. Same run, same agreement."""
     curves = {"flipped_agreement": [], "unflipped_agreement": []}
     job = regimes.rd.DigitsJob(regimes.BT, "symmetric", 0.4, 1, regimes.rd.Setting(epochs=3, train_images=300))
-    with regimes.agreement_into(curves):
-        result = regimes.rd.run_digits_job(job, tmp_path)
+    from trl_robust import RobustRewardTrainer
+
+    result = regimes.rd.run_digits_job(job, tmp_path, regimes.recording_agreement(RobustRewardTrainer, curves))
     assert len(curves["flipped_agreement"]) == 3
     for name in ("flipped_agreement", "unflipped_agreement"):
         assert curves[name] == pytest.approx(result[name], abs=1e-9)
