@@ -210,6 +210,26 @@ def margins_of(run: dict, which: str) -> np.ndarray:
 # ---- one cell: every scoring run, the signals, the retrains ---------------------------------------------------------
 
 
+def cell_splits(seed: int, rate: float, setting):
+    """A cell's noisy training pairs (without their record of flips), which of them were flipped, and the evaluation
+    splits every run of the cell reports on: the clean test pairs, and the validation pairs flipped at the same rate."""
+    from datasets import Dataset
+
+    from trl_robust.data import flip_preferences
+
+    data = json.loads((nb.task_dir(ROOT, seed, setting) / "pairs.json").read_text())
+    train = nb.noisy_train_split(ROOT, nb.Job("DPO", "symmetric", rate, seed, setting))
+    flipped = np.asarray(train["label_flipped"], dtype=bool)
+    noisy_val = flip_preferences(Dataset.from_list(data["validation"]), rate, seed=seed + 1000).remove_columns(
+        "label_flipped")
+    evals = {"clean": Dataset.from_list(data["test"]), "noisy_val": noisy_val}
+    return train.remove_columns("label_flipped"), flipped, evals
+
+
+def cell_dir(seed: int, rate: float, setting) -> Path:
+    return ROOT / "cells" / f"{setting.task_name or 'first'}-{rate}-{seed}"
+
+
 def run_cell(root: str, seed: int, rate: float, setting, folds: int, dpo_only: bool = False) -> dict:
     """Everything for one (seed, flip rate): the scoring runs, each signal's identification metrics, the retrains;
     with `dpo_only`, DPO's run alone (what the stopping rules read)."""
@@ -217,7 +237,6 @@ def run_cell(root: str, seed: int, rate: float, setting, folds: int, dpo_only: b
     from datasets import Dataset
 
     from trl_robust.audit.metrics import auroc, precision_at_k
-    from trl_robust.data import flip_preferences
     from trl_robust.noise import estimate_noise
 
     global ROOT
@@ -227,14 +246,9 @@ def run_cell(root: str, seed: int, rate: float, setting, folds: int, dpo_only: b
     nb.build_task(ROOT, seed, setting)
     data = json.loads((nb.task_dir(ROOT, seed, setting) / "pairs.json").read_text())
     job = nb.Job("DPO", "symmetric", rate, seed, setting)
-    train = nb.noisy_train_split(ROOT, job)
-    flipped = np.asarray(train["label_flipped"], dtype=bool)
-    train = train.remove_columns("label_flipped")
-    noisy_val = flip_preferences(Dataset.from_list(data["validation"]), rate, seed=seed + 1000).remove_columns(
-        "label_flipped")
-    clean = Dataset.from_list(data["test"])
-    cell = ROOT / "cells" / f"{setting.task_name or 'first'}-{rate}-{seed}"
-    evals = {"clean": clean, "noisy_val": noisy_val}
+    train, flipped, evals = cell_splits(seed, rate, setting)
+    clean = evals["clean"]
+    cell = cell_dir(seed, rate, setting)
 
     dpo = recorded_run(cell / "dpo", setting, seed, "cdpo", train, evals, "train")
     if dpo_only:

@@ -243,3 +243,16 @@ def test_the_identification_benchmark_scores_every_pair_by_its_own_row(tmp_path)
     assert a == cell["dpo"]["stopped"] and cell["bound"] == pytest.approx(0.4 * a / (0.4 * a + 0.6 * (1 - a)))
     report = (tmp_path / "identification.md").read_text()
     assert "## 40% symmetric flips, task `topic-200-60-60-20` (1 seed)" in report and "| clean auditor |" in report
+
+    # The linear auditors, on the same task: DPO's baseline is the identification cell's run, not trained again.
+    run_benchmark("linear_auditors.py", tmp_path, "--quick")
+    (linear,) = [json.loads(line) for line in (tmp_path / "linear_auditors.jsonl").read_text().splitlines()]
+    assert linear["dpo"] == cell["dpo"] and linear["labels_right_before"] == pytest.approx(1 - flipped.mean())
+    assert set(linear["auditors"]) == {"bag of tokens", "true form", "true form, knows ε", "frozen embeddings"}
+    for auditor in linear["auditors"].values():
+        assert 0 <= auditor["clean_accuracy"] <= 1 and 0 <= auditor["labels_right_after"] <= 1
+        assert len(auditor["retrained"]) == 4  # stopped, last, stop epoch, best: a DPO run on the relabelled pairs
+    relabelled = sorted(p.name for p in (tmp_path / "work" / "cells").glob("*/relabelled-*"))
+    assert relabelled == ["relabelled-bag_of_tokens", "relabelled-frozen_embeddings", "relabelled-true_form",
+                          "relabelled-true_form_knows_ε"]
+    assert "| true form, knows ε |" in (tmp_path / "linear_auditors.md").read_text()
