@@ -211,6 +211,16 @@ def _cell_in_worker(arguments):
     return run_cell(*arguments)
 
 
+def _build_task(arguments) -> None:
+    """A seed's task, built before its cells run (two cells of one seed in two workers would both write it)."""
+    import torch
+
+    root, seed, setting = arguments
+    nb.quiet_libraries()
+    torch.set_num_threads(1)
+    nb.build_task(Path(root), seed, setting)
+
+
 def _write_lines(path: Path, records: list[dict]) -> None:
     """The results file whole or not at all (a cell may replace an older line of its own)."""
     partial = path.with_suffix(".partial")
@@ -285,7 +295,7 @@ def main(argv=None) -> None:
                 if (task, s, r) not in seen]
         context = multiprocessing.get_context("spawn")
         with context.Pool(min(args.workers or nb.cpu_workers(), max(1, len(todo)))) as pool:
-            pool.map(study._prepare_seed, [(str(out / "work"), s, setting) for s in dict.fromkeys(t[1] for t in todo)])
+            pool.map(_build_task, [(str(out / "work"), s, setting) for s in dict.fromkeys(t[1] for t in todo)])
             for cell in pool.imap_unordered(_cell_in_worker, todo):
                 key = (cell["task"], cell["seed"], cell["flip_rate"])
                 done = [c for c in done if (c["task"], c["seed"], c["flip_rate"]) != key] + [cell]

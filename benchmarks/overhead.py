@@ -6,11 +6,11 @@ For each model size, stock `trl.DPOTrainer` with `loss_type="sigmoid"` and `Robu
 model on the same data, over 3 epochs. For `auto` the estimator's own time per epoch is also reported as a share of an
 epoch's training time. Then the same for reward models: stock `trl.RewardTrainer` against `trl_robust.RewardTrainer`
 with `bradley_terry`, `sympo_sigmoid` and `ropo`. Every measurement runs in a fresh process
-(so peak memory is that configuration's own), and the configurations are interleaved over several rounds so that
+(so peak memory is that configuration's own; `--quick`, a smoke run, runs them all in one), and the configurations are interleaved over several rounds so that
 drift in machine load hits all of them alike; the median over rounds is reported, as a ratio to stock TRL.
 
     python benchmarks/overhead.py            # tiny (~0.03M) and small (~25M parameter) Llama, CPU
-    python benchmarks/overhead.py --quick    # tiny model only, fewer steps
+    python benchmarks/overhead.py --quick    # tiny model only, fewer steps, all in one process: a smoke run
 
 Peak memory is the process's peak resident set size on CPU, and `torch.cuda.max_memory_allocated` on a GPU.
 """
@@ -44,7 +44,8 @@ MODELS = {"tiny": dict(hidden_size=32, num_layers=2), "small": dict(hidden_size=
 @dataclass
 class OverheadArguments:
     output_dir: str = field(default="benchmarks/results", metadata={"help": "Where overhead.md goes."})
-    quick: bool = field(default=False, metadata={"help": "Tiny model only, fewer steps and rounds."})
+    quick: bool = field(default=False, metadata={
+        "help": "Smoke run: tiny model only, fewer steps and rounds, every configuration in one process."})
     rounds: int = field(default=5, metadata={"help": "Interleaved rounds; the median is reported."})
 
 
@@ -137,8 +138,10 @@ def table_rows(configs, family: str, paths: dict, rounds: int, quick: bool, cont
         steps, batch = {"tiny": (60, 16), "small": (24, 8)}[name] if not quick else (10, 8)
         samples = {config: [] for config in configs}
         for _ in range(rounds):
-            for config in configs:
-                with context.Pool(1, maxtasksperchild=1) as pool:
+            # A fresh process for each measurement, so that its peak memory is its own; `--quick` (a smoke run of the
+            # code paths, which CI runs) measures them all in one process: one start-up instead of one each.
+            with context.Pool(1, maxtasksperchild=None if quick else 1) as pool:
+                for config in configs:
                     samples[config].append(pool.apply(measure, (*config, str(path), steps, batch, family)))
         base_speed = statistics.median(s["steps_per_second"] for s in samples[configs[0]])
         base_memory = statistics.median(s["peak_memory_mib"] for s in samples[configs[0]])
@@ -166,7 +169,9 @@ def main(argv=None) -> None:
     lines = [
         "# Overhead of the robust losses vs stock TRL",
         f"`python benchmarks/overhead.py{' --quick' if args.quick else ''}`: median of {rounds} interleaved rounds, "
-        "each configuration in a fresh process, one CPU thread. Ratios are against stock `trl.DPOTrainer` with "
+        + ("every configuration in one process (a smoke run: the memory column is that process's running peak, not "
+           "each configuration's own)" if args.quick else "each configuration in a fresh process")
+        + ", one CPU thread. Ratios are against stock `trl.DPOTrainer` with "
         "`sigmoid` on the same model and data, measured in the same run (> 1 = faster / more memory). `estimator / "
         "epoch`: for `ropo_filter_ratio: auto`, the time of each epoch's estimate and choice of suspects as a share of "
         "the time of one training epoch (here an epoch is a third of the run's steps; it scales with the data, the "
