@@ -231,8 +231,12 @@ def _write_lines(path: Path, records: list[dict]) -> None:
 # ---- the report ------------------------------------------------------------------------------------------------------
 
 
-def report(cells: list[dict], command: str, minutes: float | None) -> str:
+def report(cells: list[dict], command: str, minutes: float | None, identification: list[dict] = ()) -> str:
+    """The tables; `identification`: that study's cells, for the precision bound and the clean auditor's ceiling of
+    the same seeds."""
     ms = study._ms
+    ceiling = {(c.get("task", "first"), c["flip_rate"], c["seed"]): c["retrains"]["clean auditor"]["stopped"]
+               - c["dpo"]["stopped"] for c in identification}
     lines = [
         "# How much do the noisy pairs allow? Linear auditors, and DPO relabelled by them",
         "",
@@ -250,7 +254,12 @@ def report(cells: list[dict], command: str, minutes: float | None) -> str:
         base = [c["dpo"]["stopped"] for c in group]
         lines += ["", f"## {rate:.0%} symmetric flips, task `{task}` ({len(group)} seed{'s' * (len(group) > 1)})", "",
                   f"DPO early-stopped: {ms(base, 100, 1)}; last epoch {ms([c['dpo']['last'] for c in group], 100, 1)}. "
-                  f"Training labels right: {ms([c['labels_right_before'] for c in group], 100, 1)}%.", "",
+                  f"Training labels right: {ms([c['labels_right_before'] for c in group], 100, 1)}%."
+                  + (f" Bound on precision, εa/(εa + (1−ε)(1−a)) with a = DPO early-stopped: "
+                     f"{ms([rate * a / (rate * a + (1 - rate) * (1 - a)) for a in base])}." if rate else "")
+                  + (f" Clean auditor's drop-retrain (`identification.py`), early-stopped − DPO stopped: "
+                     f"{ms([ceiling[(task, rate, c['seed'])] for c in group], 100, 1)}."
+                     if all((task, rate, c["seed"]) in ceiling for c in group) else ""), "",
                   "| auditor | its clean accuracy | − DPO stopped | AUROC | precision at ε·N | labels right after "
                   "relabelling | DPO on its labels, stopped | − DPO stopped | last | − DPO stopped |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
@@ -304,7 +313,7 @@ def main(argv=None) -> None:
     minutes = (time.perf_counter() - start) / 60 if not args.report_only else None
     command = "python benchmarks/linear_auditors.py" + (" --quick" if args.quick else
                                                         " --task <task> --seeds <n> --rates <rates>")
-    text = report(done, command, minutes)
+    text = report(done, command, minutes, study._read(out / "identification.jsonl"))
     (out / "linear_auditors.md").write_text(text)
     print(text)
 

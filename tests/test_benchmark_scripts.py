@@ -255,4 +255,9 @@ def test_the_identification_benchmark_scores_every_pair_by_its_own_row(tmp_path)
     relabelled = sorted(p.name for p in (tmp_path / "work" / "cells").glob("*/relabelled-*"))
     assert relabelled == ["relabelled-bag_of_tokens", "relabelled-frozen_embeddings", "relabelled-true_form",
                           "relabelled-true_form_knows_ε"]
-    assert "| true form, knows ε |" in (tmp_path / "linear_auditors.md").read_text()
+    linear_report = (tmp_path / "linear_auditors.md").read_text()
+    assert "| true form, knows ε |" in linear_report
+    # The same bound as the identification cell's (checked by hand above), and its clean auditor's ceiling.
+    assert f"with a = DPO early-stopped: {cell['bound']:.3f}." in linear_report
+    gain = cell["retrains"]["clean auditor"]["stopped"] - cell["dpo"]["stopped"]
+    assert f"early-stopped − DPO stopped: {100 * gain:.1f}." in linear_report
