@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from .benchmark_modules import benchmark_module
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(path.name for path in (REPO / "benchmarks").glob("*.py") if path.name != "harness.py")
 
@@ -165,11 +167,8 @@ def test_the_reward_benchmark_compares_bradley_terry_with_the_symmetric_losses(t
 
 
 def test_best_of_n_picks_the_top_score_of_each_disjoint_group():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        from reward_noise import best_of_n
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    with benchmark_module("reward_noise") as module:
+        best_of_n = module.best_of_n
     # Groups of 2: (3, 1) picks 0.1, (2, 0) picks 0.5; a group of 4 picks the top score's 0.1; a tie picks the first.
     assert math.isclose(best_of_n([[3, 1, 2, 0]], [[0.1, 0.9, 0.5, 0.2]], 2), 0.3)
     assert math.isclose(best_of_n([[3, 1, 2, 0]], [[0.1, 0.9, 0.5, 0.2]], 4), 0.1)

@@ -3,11 +3,8 @@
 logistic regression), and their out-of-fold margins never see the pair they score. The script's `--quick` run is in
 `test_benchmark_scripts.py`, after the identification study's, whose task and baseline it reuses."""
 
-import importlib
 import math
 import random
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,28 +12,15 @@ import pytest
 from trl_robust.experiments.synthetic import REWARD_KINDS, RewardModel, random_prompts
 from trl_robust.tiny import WORDS
 
-REPO = Path(__file__).resolve().parents[1]
+from .benchmark_modules import benchmark_module
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def auditors():
-    """`benchmarks/linear_auditors.py` imported with its folder on `sys.path` (it imports `harness` and
-    `identification` beside it); the modules it brought in are taken out again afterwards."""
-    names = ("linear_auditors", "identification", "harness")
-    before = {name: sys.modules.get(name) for name in names}
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        for name in names:
-            sys.modules.pop(name, None)
-        yield importlib.import_module("linear_auditors")
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-        for name, module in before.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
+    with benchmark_module("linear_auditors") as module:
+        yield module
 
 
 @pytest.mark.parametrize("kind", REWARD_KINDS)

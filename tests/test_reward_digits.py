@@ -2,34 +2,24 @@
 docstring says, its accuracy and report compute what they claim, its CNN trains through `RobustRewardTrainer`, and a
 `--quick` run goes end to end, in this process, and resumes."""
 
-import importlib.util
 import json
 import math
 import statistics
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from .benchmark_modules import benchmark_module
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def digits_script():
-    """`benchmarks/reward_digits.py`, loaded from its file with its folder on `sys.path` (it imports `harness`), as
+    """`benchmarks/reward_digits.py` with its folder on `sys.path` (it imports `harness`), as
     `python benchmarks/reward_digits.py` runs it."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("reward_digits", REPO / "benchmarks" / "reward_digits.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["reward_digits"] = module  # dataclasses look their module up by name
-        spec.loader.exec_module(module)
+    with benchmark_module("reward_digits") as module:
         yield module
-    finally:
-        sys.modules.pop("reward_digits", None)
-        sys.path.remove(str(REPO / "benchmarks"))
 
 
 def test_the_bundled_digits_are_1797_images_of_64_intensities_0_to_16(digits_script):

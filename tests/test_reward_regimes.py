@@ -2,37 +2,22 @@
 here by hand from the runs), its nested synthetic tasks share their held-out pairs, and a `--quick` run goes end to
 end through both benchmarks' run functions, in this process, and resumes without training again."""
 
-import importlib
 import json
 import statistics
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from .benchmark_modules import benchmark_module
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-SCRIPTS = ("reward_regimes", "reward_digits", "reward_noise", "harness")
 
 
 @pytest.fixture(scope="module")
 def regimes():
-    """`benchmarks/reward_regimes.py` imported with its folder on `sys.path` (it imports the two reward benchmarks and
-    `harness` beside it); the modules it brought in are taken out again afterwards."""
-    before = {name: sys.modules.get(name) for name in SCRIPTS}
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        for name in SCRIPTS:
-            sys.modules.pop(name, None)
-        yield importlib.import_module("reward_regimes")
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-        for name, module in before.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
+    """`benchmarks/reward_regimes.py`, with the two reward benchmarks and `harness` it imports beside it."""
+    with benchmark_module("reward_regimes") as module:
+        yield module
 
 
 def fake(task, method, seed, clean, noisy_val, lr=1e-3, size=300, flipped=None):
