@@ -17,8 +17,10 @@ Peak memory is the process's peak resident set size on CPU, and `torch.cuda.max_
 
 import multiprocessing
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,7 +167,8 @@ def main(argv=None) -> None:
 
     rounds = min(args.rounds, 2) if args.quick else args.rounds
     models = {"tiny": MODELS["tiny"]} if args.quick else MODELS
-    work = Path("/tmp/trl-robust-overhead-models")
+    # The models in a directory of this run's own: two runs at once must not overwrite each other's.
+    work = Path(tempfile.mkdtemp(prefix="trl-robust-overhead-models-"))
     lines = [
         "# Overhead of the robust losses vs stock TRL",
         f"`python benchmarks/overhead.py{' --quick' if args.quick else ''}`: median of {rounds} interleaved rounds, "
@@ -181,20 +184,23 @@ def main(argv=None) -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     context = multiprocessing.get_context("spawn")
-    paths = {name: make_tiny_model(work / name, **shape) for name, shape in models.items()}
-    lines += table_rows(CONFIGS, "dpo", paths, rounds, args.quick, context)
-    lines += [
-        "",
-        "## Reward models",
-        "",
-        "Stock `trl.RewardTrainer` (Bradley–Terry) against `trl_robust.RewardTrainer` on the same model with a "
-        "one-output head, same data and steps, same rounds (ratios against the first row, > 1 = faster / more memory). "
-        "`bradley_terry` with `ropo_filter_ratio: auto` is computed by trl-robust per pair (TRL's code runs otherwise).",
-        "",
-        "| model | trainer | loss_type | steps/s | ratio | peak memory (MiB) | ratio | estimator / epoch |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    lines += table_rows(REWARD_CONFIGS, "reward", paths, rounds, args.quick, context)
+    try:
+        paths = {name: make_tiny_model(work / name, **shape) for name, shape in models.items()}
+        lines += table_rows(CONFIGS, "dpo", paths, rounds, args.quick, context)
+        lines += [
+            "",
+            "## Reward models",
+            "",
+            "Stock `trl.RewardTrainer` (Bradley–Terry) against `trl_robust.RewardTrainer` on the same model with a "
+            "one-output head, same data and steps, same rounds (ratios against the first row, > 1 = faster / more memory). "
+            "`bradley_terry` with `ropo_filter_ratio: auto` is computed by trl-robust per pair (TRL's code runs otherwise).",
+            "",
+            "| model | trainer | loss_type | steps/s | ratio | peak memory (MiB) | ratio | estimator / epoch |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += table_rows(REWARD_CONFIGS, "reward", paths, rounds, args.quick, context)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     report = "\n".join(lines) + "\n"
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
