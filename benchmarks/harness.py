@@ -17,6 +17,7 @@ from pathlib import Path
 from trl_robust.experiments.training_runs import (  # noqa: F401  re-exported for the scripts
     AUDIT_RETRAIN,
     FILTER,
+    FOURTH_TASK,
     METHODS,
     ORACLE,
     SECOND_TASK,

@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from trl_robust.experiments import training_runs as runs
 from trl_robust.experiments.synthetic import RewardModel, fit_reference_policy, make_preference_pairs, sample_responses
+from trl_robust.tiny import WORDS
 
 
 def test_true_reward_by_hand():
@@ -45,6 +46,25 @@ def test_the_sum_reward_adds_the_word_scores_with_no_topic_bonus():
     assert summed(good[0], f"{good[0]} {good[1]} {bad}") == 1
     assert summed(good[0], f"{good[0]} {good[1]}") == 2 and summed("x", f"{good[0]}") == 1
     assert runs.THIRD_TASK.reward == "sum"
+
+
+def test_the_stance_reward_signs_a_second_score_by_the_prompts_first_word():
+    stance = RewardModel.from_seed(0, "stance")
+    assert stance.scores == RewardModel.from_seed(0, "sum").scores  # the third task's half, unchanged
+    assert sorted(stance.stance_scores.values()).count(1) == len(WORDS) // 2
+    assert len(stance.stance_words) == len(WORDS) // 2
+    # A word whose two scores agree, and one whose scores differ; a prompt word of each stance.
+    same = next(w for w in WORDS if stance.scores[w] == stance.stance_scores[w] == 1)
+    differ = next(w for w in WORDS if stance.scores[w] == 1 and stance.stance_scores[w] == -1)
+    plus = next(w for w in sorted(stance.stance_words))
+    minus = next(w for w in WORDS if w not in stance.stance_words)
+    assert stance.stance(f"{plus} {minus}") == 1 and stance.stance(f"{minus} {plus}") == -1
+    # r = Σ s(w) + c(x) Σ t(w): under stance +1, "same differ" = (1 + 1) + (1 − 1) = 2; under −1, 2 − 0 = 2;
+    # "same same" = 2 ± 2; "differ" = 1 ∓ (−1). The preferred response turns with the prompt.
+    assert stance(plus, f"{same} {differ}") == stance(minus, f"{same} {differ}") == 2
+    assert (stance(plus, f"{same} {same}"), stance(minus, f"{same} {same}")) == (4, 0)
+    assert (stance(plus, differ), stance(minus, differ)) == (0, 2)
+    assert runs.FOURTH_TASK.reward == "stance" and runs.FOURTH_TASK.n_train == runs.THIRD_TASK.n_train
 
 
 def test_each_task_variant_has_its_own_cache_and_run_directories(tmp_path):

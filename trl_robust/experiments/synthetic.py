@@ -26,7 +26,7 @@ import torch
 from ..tiny import WORDS, make_tiny_model, make_tokenizer
 
 
-REWARD_KINDS = ("topic", "graded", "sum")
+REWARD_KINDS = ("topic", "graded", "sum", "stance")
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,18 @@ class RewardModel:
     near-tied pairs that `topic` lacks. Neither depends on the response's length. `sum`: scores ±1, no topic bonus,
     summed over the response's words instead of averaged: exactly the form of DPO's implicit reward (a sum over
     tokens of β·log πθ/πref), so a policy can fit it and DPO reaches a high clean accuracy (the easy end of the
-    range a default must hold at).
+    range a default must hold at). `stance`: like `sum`, plus a second set of ±1 scores t(w) whose sign the prompt
+    sets, r(x, y) = Σ_{w ∈ y} [s(w) + c(x)·t(w)] with c(x) = +1 if the prompt's first word is in a seeded half of
+    the vocabulary, else −1 ("the same answer is right for one question and wrong for another"). Still a sum over the
+    response's tokens given the prompt, so a policy can fit it; but only half of it is a function of the response's
+    words alone, so a model that does not read the prompt (a bag of the response's tokens) sees only half the reward.
     """
 
     scores: dict[str, float]
     topic_weight: float = 2.0
     total: bool = False  # sum the word scores rather than average them
+    stance_scores: dict[str, float] | None = None  # t(w), signed by the prompt's stance (kind `stance`)
+    stance_words: frozenset[str] = frozenset()  # a prompt whose first word is one of these has stance c(x) = +1
 
     @classmethod
     def from_seed(cls, seed: int, kind: str = "topic") -> "RewardModel":
@@ -58,7 +64,20 @@ class RewardModel:
         if kind == "sum":
             half = len(words) // 2
             return cls({w: (1 if i < half else -1) for i, w in enumerate(words)}, topic_weight=1.0, total=True)
+        if kind == "stance":
+            half = len(words) // 2
+            stance_order, prompt_order = list(WORDS), list(WORDS)
+            rng.shuffle(stance_order)
+            rng.shuffle(prompt_order)
+            return cls({w: (1 if i < half else -1) for i, w in enumerate(words)}, topic_weight=1.0, total=True,
+                       stance_scores={w: (1 if i < half else -1) for i, w in enumerate(stance_order)},
+                       stance_words=frozenset(prompt_order[:half]))
         raise ValueError(f"reward kind must be one of {REWARD_KINDS}, got {kind!r}")
+
+    def stance(self, prompt: str) -> int:
+        """c(x) of kind `stance`: +1 if the prompt's first word is one of `stance_words`, else −1."""
+        words = prompt.split()
+        return 1 if words and words[0] in self.stance_words else -1
 
     def __call__(self, prompt: str, response: str) -> float:
         prompt_words, response_words = prompt.split(), response.split()
@@ -67,6 +86,8 @@ class RewardModel:
         topic = set(prompt_words)
         weights = [self.topic_weight if w in topic else 1 for w in response_words]
         total = sum(self.scores.get(w, 0) * k for w, k in zip(response_words, weights))
+        if self.stance_scores is not None:
+            total += self.stance(prompt) * sum(self.stance_scores.get(w, 0) for w in response_words)
         return total if self.total else total / len(response_words)
 
 

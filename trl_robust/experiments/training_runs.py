@@ -97,6 +97,9 @@ class Setting:
 SECOND_TASK = Setting(n_train=2000, epochs=10, learning_rate=3e-3, batch_size=32, reward="graded")
 # A third at the easy end (issue 20, item 5): summed ±1 word scores, 4000 pairs; DPO reaches ~99% on clean labels.
 THIRD_TASK = Setting(n_train=4000, epochs=10, learning_rate=3e-3, reward="sum")
+# A fourth, the third's sizes with a reward that depends on the prompt (`stance`): half of it is invisible to a model
+# of the response's words alone, where the third task's reward is exactly such a model (issue 20's linear auditors).
+FOURTH_TASK = Setting(n_train=4000, epochs=10, learning_rate=3e-3, reward="stance")
 
 
 @dataclass(frozen=True)
