@@ -54,7 +54,8 @@ import harness as nb  # noqa: E402  benchmarks/harness.py: this folder is on sys
 
 SETTING = replace(nb.Setting(), reward_gain_every_epoch=False)
 TASKS = {"first": SETTING, "second": replace(nb.SECOND_TASK, reward_gain_every_epoch=False),
-         "third": replace(nb.THIRD_TASK, reward_gain_every_epoch=False)}
+         "third": replace(nb.THIRD_TASK, reward_gain_every_epoch=False),
+         "fourth": replace(nb.FOURTH_TASK, reward_gain_every_epoch=False)}
 QUICK = replace(SETTING, n_train=200, n_validation=60, n_test=60, n_reward_prompts=20, epochs=2)
 RATES = (0.0, 0.2, 0.4)
 FOLDS = 2
@@ -80,7 +81,7 @@ TRAINED = {"ROPO": "ropo"}
 @dataclass
 class Arguments:
     seeds: int = field(default=10, metadata={"help": "paired seeds 0..seeds-1"})
-    task: str = field(default="first", metadata={"help": "first, second or third (harness.SECOND_TASK, THIRD_TASK)"})
+    task: str = field(default="first", metadata={"help": "first, second, third or fourth (harness.SECOND_TASK, ...)"})
     rates: list[float] = field(default_factory=lambda: list(RATES), metadata={"help": "symmetric flip rates"})
     dpo_only: bool = field(default=False, metadata={"help": "only DPO's runs, for the stopping rules (their own file)"})
     workers: int = field(default=0, metadata={"help": "processes (0: one per core, at most 2)"})
@@ -252,7 +253,7 @@ def run_cell(root: str, seed: int, rate: float, setting, folds: int, dpo_only: b
 
     dpo = recorded_run(cell / "dpo", setting, seed, "cdpo", train, evals, "train")
     if dpo_only:
-        return {"seed": seed, "flip_rate": rate, "task": _task_name(setting), "dpo": _summary(dpo),
+        return {"seed": seed, "flip_rate": rate, "task": task_name(setting), "dpo": run_summary(dpo),
                 "curves": {"dpo": _curves(dpo)}}
     runs = {
         "dpo": dpo,
@@ -307,11 +308,11 @@ def run_cell(root: str, seed: int, rate: float, setting, folds: int, dpo_only: b
     for s in signals.values():
         s.pop("dropped")
     return {
-        "seed": seed, "flip_rate": rate, "task": _task_name(setting), "folds": folds,
+        "seed": seed, "flip_rate": rate, "task": task_name(setting), "folds": folds,
         "bound_accuracy": accuracy,
         "bound": (rate * accuracy / (rate * accuracy + (1 - rate) * (1 - accuracy))) if rate else None,
-        "dpo": _summary(dpo), "auditor": _summary(runs["auditor"]),
-        "trained": {name: _summary(runs[loss_type]) for name, loss_type in TRAINED.items()},
+        "dpo": run_summary(dpo), "auditor": run_summary(runs["auditor"]),
+        "trained": {name: run_summary(runs[loss_type]) for name, loss_type in TRAINED.items()},
         "dpo_seconds": dpo["seconds"], "curves": {"dpo": _curves(dpo), "ropo": _curves(runs["ropo"])},
         "signals": signals, "retrains": retrains,
     }
@@ -331,14 +332,14 @@ def _curves(run: dict) -> dict:
     }
 
 
-def _task_name(setting) -> str:
+def task_name(setting) -> str:
     return next((name for name, s in TASKS.items() if s == setting), setting.task_name)
 
 
-def _summary(run: dict) -> dict:
+def run_summary(run: dict) -> dict:
     stop = stop_epoch(run["noisy_val_accuracy"])
     return {"stopped": run["clean_accuracy"][stop], "last": run["clean_accuracy"][-1], "stop_epoch": stop + 1,
-            "best": max(run["clean_accuracy"])}
+            "best": max(run["clean_accuracy"]), "noisy_val": run["noisy_val_accuracy"][stop]}
 
 
 def _retrain(directory: Path, job) -> dict:
@@ -347,7 +348,7 @@ def _retrain(directory: Path, job) -> dict:
     if cached.exists():
         return json.loads(cached.read_text())
     result = nb.run_job(job, ROOT)
-    summary = {**_summary(result), "seconds": result["seconds"]}
+    summary = {**run_summary(result), "seconds": result["seconds"]}
     _write(cached, summary)
     return summary
 
@@ -396,7 +397,7 @@ def rule_epochs(curves: dict) -> dict:
 # ---- the report ------------------------------------------------------------------------------------------------------
 
 
-def _ms(values, scale=1.0, digits=3) -> str:
+def mean_std_text(values, scale=1.0, digits=3) -> str:
     values = [v * scale for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not values:
         return "–"
@@ -413,7 +414,7 @@ def report(cells: list[dict], command: str, minutes: float | None, setting=SETTI
         "",
         f"`{command}`" + (f" ({minutes:.0f} min for the cells run this time)" if minutes else "") + ". "
         + " ".join(f"Task `{name}`: {s.n_train} pairs, reward `{s.reward}`, lr {s.learning_rate}, batch {s.batch_size}, "
-                   f"{s.epochs} epochs." for name, s in ({**TASKS, _task_name(setting): setting}).items()
+                   f"{s.epochs} epochs." for name, s in ({**TASKS, task_name(setting): setting}).items()
                    if any(c.get("task", "first") == name for c in cells))
         + f" Seeds {seeds[0]}–{seeds[-1]}; "
         f"{cells[0]['folds'] if cells else FOLDS} folds out-of-fold. Mean ± std over seeds.",
@@ -431,11 +432,11 @@ def report(cells: list[dict], command: str, minutes: float | None, setting=SETTI
                   ""]
         dpo_stop = [c["dpo"]["stopped"] for c in group]
         lines += [
-            f"DPO early-stopped: {_ms(dpo_stop, 100, 1)} clean accuracy (stop epoch "
-            f"{_ms([c['dpo']['stop_epoch'] for c in group], 1, 1)}); last epoch {_ms([c['dpo']['last'] for c in group], 100, 1)}; "
+            f"DPO early-stopped: {mean_std_text(dpo_stop, 100, 1)} clean accuracy (stop epoch "
+            f"{mean_std_text([c['dpo']['stop_epoch'] for c in group], 1, 1)}); last epoch {mean_std_text([c['dpo']['last'] for c in group], 100, 1)}; "
             f"clean auditor stopped "
-            f"{_ms([c['auditor']['stopped'] for c in group], 100, 1)}."
-            + (f" Bound on precision: {_ms([c['bound'] for c in group])}." if rate else ""),
+            f"{mean_std_text([c['auditor']['stopped'] for c in group], 100, 1)}."
+            + (f" Bound on precision: {mean_std_text([c['bound'] for c in group])}." if rate else ""),
             "",
             "| signal | AUROC | ε̂ | precision at ε̂·N | precision at ε·N | cost | retrained DPO, stopped | − DPO stopped | "
             "retrained, last | − DPO stopped |",
@@ -443,15 +444,15 @@ def report(cells: list[dict], command: str, minutes: float | None, setting=SETTI
         ]
         for name in SIGNALS:
             s = [c["signals"][name] for c in group]
-            row = [name, _ms([x["auroc"] for x in s]), _ms([x["estimated_flip_rate"] for x in s]),
-                   _ms([x["precision_at_estimate"] for x in s]), _ms([x["precision_at_truth"] for x in s]),
-                   _ms([x["seconds"] / c["dpo_seconds"] for x, c in zip(s, group)], 1, 1)]
+            row = [name, mean_std_text([x["auroc"] for x in s]), mean_std_text([x["estimated_flip_rate"] for x in s]),
+                   mean_std_text([x["precision_at_estimate"] for x in s]), mean_std_text([x["precision_at_truth"] for x in s]),
+                   mean_std_text([x["seconds"] / c["dpo_seconds"] for x, c in zip(s, group)], 1, 1)]
             if name in RETRAINED:
                 r = [c["retrains"][name] for c in group]
-                row += [_ms([x["stopped"] for x in r], 100, 1),
-                        _ms([x["stopped"] - d for x, d in zip(r, dpo_stop)], 100, 1),
-                        _ms([x["last"] for x in r], 100, 1),
-                        _ms([x["last"] - d for x, d in zip(r, dpo_stop)], 100, 1)]
+                row += [mean_std_text([x["stopped"] for x in r], 100, 1),
+                        mean_std_text([x["stopped"] - d for x, d in zip(r, dpo_stop)], 100, 1),
+                        mean_std_text([x["last"] for x in r], 100, 1),
+                        mean_std_text([x["last"] - d for x, d in zip(r, dpo_stop)], 100, 1)]
             else:
                 row += ["", "", "", ""]
             lines.append("| " + " | ".join(row) + " |")
@@ -461,10 +462,10 @@ def report(cells: list[dict], command: str, minutes: float | None, setting=SETTI
         for name in TRAINED:
             runs = [c["trained"][name] for c in group if name in c.get("trained", {})]
             base = [c["dpo"]["stopped"] for c in group if name in c.get("trained", {})]
-            lines.append(f"| {name} | {_ms([r['last'] for r in runs], 100, 1)} | "
-                         f"{_ms([r['last'] - b for r, b in zip(runs, base)], 100, 1)} | "
-                         f"{_ms([r['stopped'] for r in runs], 100, 1)} | "
-                         f"{_ms([r['stopped'] - b for r, b in zip(runs, base)], 100, 1)} |")
+            lines.append(f"| {name} | {mean_std_text([r['last'] for r in runs], 100, 1)} | "
+                         f"{mean_std_text([r['last'] - b for r, b in zip(runs, base)], 100, 1)} | "
+                         f"{mean_std_text([r['stopped'] for r in runs], 100, 1)} | "
+                         f"{mean_std_text([r['stopped'] - b for r, b in zip(runs, base)], 100, 1)} |")
         cannot = {n: sum(c["signals"][n]["cannot_tell"] for c in group) for n in SIGNALS if n != "oracle"}
         told = ", ".join(f"{n} {k}" for n, k in cannot.items() if k)
         if told:
@@ -490,8 +491,8 @@ def stopping_report(records: list[dict]) -> str:
                 accuracy = [c["clean_accuracy"][p[rule]] for c, p in picks]
                 base = [c["clean_accuracy"][p["noisy validation"]] for c, p in picks]
                 lines.append(f"| {task} | {rate:.0%} | {run.upper()} | {len(picks)} | {rule} | "
-                             f"{_ms([p[rule] + 1 for _, p in picks], 1, 1)} | {_ms(accuracy, 100, 1)} | "
-                             f"{_ms([a - b for a, b in zip(accuracy, base)], 100, 1)} |")
+                             f"{mean_std_text([p[rule] + 1 for _, p in picks], 1, 1)} | {mean_std_text(accuracy, 100, 1)} | "
+                             f"{mean_std_text([a - b for a, b in zip(accuracy, base)], 100, 1)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -502,7 +503,7 @@ def _cell_in_worker(arguments):
     return run_cell(*arguments)
 
 
-def _read(path: Path) -> list[dict]:
+def read_cells(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
@@ -529,13 +530,13 @@ def main(argv=None) -> None:
     if args.task not in TASKS:
         raise SystemExit(f"unknown --task {args.task!r}; the tasks are {list(TASKS)}")
     setting, seeds, rates = (QUICK, [0], [0.4]) if args.quick else (TASKS[args.task], range(args.seeds), args.rates)
-    done = _read(results_file)
+    done = read_cells(results_file)
     start = time.perf_counter()
     if not args.report_only:
         seen = {(c.get("task", "first"), c["seed"], c["flip_rate"]) for c in done}
         # Seed by seed, so that an interrupted run has complete, paired seeds.
         todo = [(str(out / "work"), s, r, setting, FOLDS, args.dpo_only) for s in seeds for r in rates
-                if (_task_name(setting), s, r) not in seen]
+                if (task_name(setting), s, r) not in seen]
         workers = args.workers or nb.cpu_workers()
         context = multiprocessing.get_context("spawn")
         with context.Pool(min(workers, max(1, len(todo)))) as pool:
@@ -547,9 +548,9 @@ def main(argv=None) -> None:
                 print(f"cell seed {cell['seed']} rate {cell['flip_rate']} done", flush=True)
     minutes = (time.perf_counter() - start) / 60 if not args.report_only else None
     command = "python benchmarks/identification.py" + (" --quick" if args.quick else "")
-    cells = _read(cells_file)
+    cells = read_cells(cells_file)
     full = {(c.get("task", "first"), c["seed"], c["flip_rate"]) for c in cells}
-    stopping = cells + [r for r in _read(stopping_file) if (r.get("task", "first"), r["seed"], r["flip_rate"]) not in full]
+    stopping = cells + [r for r in read_cells(stopping_file) if (r.get("task", "first"), r["seed"], r["flip_rate"]) not in full]
     text = report(cells, command, minutes, setting) + "\n" + stopping_report(stopping)
     (out / "identification.md").write_text(text)
     print(text)

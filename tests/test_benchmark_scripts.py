@@ -247,13 +247,25 @@ def test_the_identification_benchmark_scores_every_pair_by_its_own_row(tmp_path)
     run_benchmark("linear_auditors.py", tmp_path, "--quick")
     (linear,) = [json.loads(line) for line in (tmp_path / "linear_auditors.jsonl").read_text().splitlines()]
     assert linear["dpo"] == cell["dpo"] and linear["labels_right_before"] == pytest.approx(1 - flipped.mean())
-    assert set(linear["auditors"]) == {"bag of tokens", "true form", "true form, knows ε", "frozen embeddings"}
+    assert set(linear["auditors"]) == {"bag of tokens", "true form", "true form, knows ε", "frozen embeddings",
+                                       "bag of tokens, confident"}
     for auditor in linear["auditors"].values():
         assert 0 <= auditor["clean_accuracy"] <= 1 and 0 <= auditor["labels_right_after"] <= 1
-        assert len(auditor["retrained"]) == 4  # stopped, last, stop epoch, best: a DPO run on the relabelled pairs
+        assert 0 <= auditor["noisy_val_accuracy"] <= 1 and 0 <= auditor["clean_fit_accuracy"] <= 1
+        # stopped, last, stop epoch, best, noisy-validation accuracy at the stop: a DPO run on the relabelled pairs
+        assert len(auditor["retrained"]) == 5
+    # The noisy-validation accuracy at DPO's stop, from its recorded curve (what the guards compare with).
+    assert linear["dpo"]["noisy_val"] == max(run["noisy_val_accuracy"])
     relabelled = sorted(p.name for p in (tmp_path / "work" / "cells").glob("*/relabelled-*"))
-    assert relabelled == ["relabelled-bag_of_tokens", "relabelled-frozen_embeddings", "relabelled-true_form",
-                          "relabelled-true_form_knows_ε"]
+    assert relabelled == ["relabelled-bag_of_tokens", "relabelled-bag_of_tokens_confident",
+                          "relabelled-frozen_embeddings", "relabelled-true_form", "relabelled-true_form_knows_ε"]
+    # The confident act trained on the training pairs less round(ε̂·N) of them (its recorded margins, one per pair).
+    confident = linear["auditors"]["bag of tokens, confident"]
+    left_out = round(confident["estimated_flip_rate"] * len(train))
+    assert 0 < left_out and confident["kept"] == (len(train) - left_out) / len(train)
+    confident_run = json.loads(next((tmp_path / "work" / "cells").glob("*/relabelled-bag_of_tokens_confident"))
+                               .joinpath("result.json").read_text())
+    assert len(confident_run["margins"][-1]) == len(train) - left_out
     linear_report = (tmp_path / "linear_auditors.md").read_text()
     assert "| true form, knows ε |" in linear_report
     # The same bound as the identification cell's (checked by hand above), and its clean auditor's ceiling.

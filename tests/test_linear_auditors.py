@@ -27,8 +27,10 @@ def auditors():
 def test_the_true_reward_is_linear_in_the_true_form_features(auditors, kind):
     reward = RewardModel.from_seed(3, kind)
     scores = np.array([reward.scores[w] for w in WORDS])
-    # The topic block carries the extra (topic_weight − 1) of each named word's score.
-    weights = np.concatenate([scores, (reward.topic_weight - 1) * scores]) if reward.topic_weight != 1 else scores
+    # The second block carries the extra (topic_weight − 1) of each named word's score, or the stance scores t(w).
+    weights = (np.concatenate([scores, (reward.topic_weight - 1) * scores]) if reward.topic_weight != 1
+               else np.concatenate([scores, [reward.stance_scores[w] for w in WORDS]]) if reward.stance_scores
+               else scores)
     rng = random.Random(0)
     for prompt in random_prompts(50, rng):
         response = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 7)))
@@ -90,3 +92,29 @@ def test_an_out_of_fold_margin_does_not_see_its_own_pair(auditors):
     fold = np.random.default_rng(7).permutation(len(x))
     other = fold[1::2] if 5 in fold[0::2] else fold[0::2]
     assert not np.allclose(z_reversed[other], z[other])
+
+
+def test_the_guards_keep_dpo_unless_the_noisy_validation_split_prefers_the_auditor_or_its_model(auditors):
+    dpo = {"stopped": 0.80, "noisy_val": 0.60}
+    retrained = {"stopped": 0.85, "noisy_val": 0.62}
+    # The auditor is more accurate on the noisy validation split: guarded in, and the relabelled model is picked.
+    acts = auditors.guarded_acts(dpo, {"noisy_val_accuracy": 0.65, "retrained": retrained})
+    assert acts["guarded_in"] and acts["picked"]
+    assert acts["guarded"] == acts["picked_gain"] == pytest.approx(0.05)
+    assert acts["auditor_lead"] == pytest.approx(0.05)
+    # Less accurate (or tied, in TRL's float32): DPO is kept and the gain is 0.
+    acts = auditors.guarded_acts(dpo, {"noisy_val_accuracy": float(np.float32(0.60)),
+                                       "retrained": {**retrained, "noisy_val": 0.58}})
+    assert not acts["guarded_in"] and not acts["picked"] and acts["guarded"] == acts["picked_gain"] == 0.0
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+def test_the_fitted_flip_rate_finds_the_rate_of_flipped_deterministic_labels(auditors, rate):
+    # Pairs whose true label is the sign of a linear score with wide margins (Bradley–Terry with a large |w| is
+    # then deterministic), a share `rate` of them flipped: the profile likelihood's ε̂ is the flip rate.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 3))
+    x *= np.sign(x @ np.array([3.0, -2.0, 1.0]))[:, None]  # every row labelled by its true sign...
+    flipped = rng.random(len(x)) < rate
+    x[flipped] *= -1  # ...then flipped
+    assert auditors.fit_flip_rate(x) == pytest.approx(rate, abs=0.03)
