@@ -19,9 +19,8 @@ number of weights, so it cannot memorise the flips), on
   see only part of real preferences (style, correctness, the prompt's intent);
 - `frozen embeddings`: the sum over the response's tokens of the reference model's input embeddings (DPO's implicit
   reward is a sum over tokens too): a data-only auditor a user could build from the model they start from;
-- `bag of tokens, confident`: the bag of tokens' relabelling less the ε̂·N pairs whose out-of-fold |z| is smallest
-  (those it is least sure of, swapped or not), ε̂ the flip rate its own flip likelihood fits best (`fit_flip_rate`):
-  a cut, not only a correction, as the clean auditor's drop-retrain is.
+- `bag of tokens, confident`: its relabelling less the ε̂·N pairs of smallest out-of-fold |z| (least sure of, swapped
+  or not), ε̂ the flip rate its own flip likelihood fits best (`fit_flip_rate`): a cut, as the clean auditor's is.
 
 Per auditor: the accuracy of its class fitted on the *true* labels of the same pairs (how well the class can fit the
 reward), its own clean accuracy on the held-out clean pairs (against DPO early-stopped, the same seed), the AUROC and
@@ -37,10 +36,8 @@ whichever of the two trained models that split prefers.
     python benchmarks/linear_auditors.py --report_only
     python benchmarks/linear_auditors.py --quick --output_dir /tmp/linear   # smoke run: 1 seed, 40%, a tiny task
 
-Reads the tasks under `--output_dir` (DPO's run is the identification study's, cached, where it ran there; trained
-otherwise) and `identification.jsonl` for the clean auditor's ceiling; appends each cell to `linear_auditors.jsonl`;
-writes `linear_auditors.md`. A cell costs a DPO training per auditor (and DPO's own where not cached). The committed
-results: see the report's sections (tasks, rates and seeds).
+Under `--output_dir`: the tasks, DPO's runs (cached: the identification study's where it ran there), and
+`identification.jsonl` for the clean auditor's ceiling; writes `linear_auditors.jsonl` (a cell a line) and `.md`.
 """
 
 import json
@@ -128,6 +125,15 @@ def embedding_features(model, pairs: list[dict]):
     return torch.stack([summed(p["chosen"]) - summed(p["rejected"]) for p in pairs]).numpy()
 
 
+def flip_log_likelihood(z, epsilon: float):
+    """Per pair, log[(1 − ε) σ(z) + ε σ(−z)]: the likelihood of a label under Bradley–Terry with symmetric flips at
+    rate ε (torch tensors)."""
+    import torch
+
+    return torch.logsumexp(torch.stack([torch.nn.functional.logsigmoid(z) + np.log1p(-epsilon),
+                                        torch.nn.functional.logsigmoid(-z) + np.log(max(epsilon, 1e-300))]), 0)
+
+
 def fit_linear(x: np.ndarray, epsilon: float = 0.0, l2: float = L2) -> np.ndarray:
     """w maximising Σ_i log[(1 − ε) σ(x_i·w) + ε σ(−x_i·w)] − l2/2 |w|²: each row x_i is a pair's chosen minus
     rejected features, labelled chosen. ε = 0 is Bradley–Terry's logistic regression; ε > 0 the likelihood of labels
@@ -140,10 +146,7 @@ def fit_linear(x: np.ndarray, epsilon: float = 0.0, l2: float = L2) -> np.ndarra
 
     def closure():
         optimizer.zero_grad()
-        z = xs @ w
-        log_p = torch.logsumexp(torch.stack([torch.nn.functional.logsigmoid(z) + np.log1p(-epsilon),
-                                             torch.nn.functional.logsigmoid(-z) + np.log(max(epsilon, 1e-300))]), 0)
-        loss = -log_p.sum() + 0.5 * l2 * (w @ w)
+        loss = -flip_log_likelihood(xs @ w, epsilon).sum() + 0.5 * l2 * (w @ w)
         loss.backward()
         return loss
 
@@ -168,14 +171,7 @@ def fit_flip_rate(x: np.ndarray, grid: np.ndarray = np.arange(0.0, 0.5, 0.025)) 
     import torch
 
     xs = torch.as_tensor(x, dtype=torch.float64)
-
-    def log_likelihood(epsilon):
-        z = xs @ torch.as_tensor(fit_linear(x, epsilon))
-        return torch.logsumexp(torch.stack([torch.nn.functional.logsigmoid(z) + np.log1p(-epsilon),
-                                            torch.nn.functional.logsigmoid(-z) + np.log(max(epsilon, 1e-300))]),
-                               0).sum().item()
-
-    return float(max(grid, key=log_likelihood))
+    return float(max(grid, key=lambda e: flip_log_likelihood(xs @ torch.as_tensor(fit_linear(x, e)), e).sum().item()))
 
 
 def standardised(train: np.ndarray, *others: np.ndarray):
@@ -305,10 +301,14 @@ def report(cells: list[dict], command: str, minutes: float | None, identificatio
         "(the run `identification.py` records). Auditors (see the script's docstring): `bag of tokens` (token counts) "
         "and `frozen embeddings` (the reference model's input embeddings, summed) are data-only; `true form` knows the "
         "features the true reward is linear in, not its scores; `knows ε` also fits the flip likelihood at the true "
-        "rate. Margins are out-of-fold (2 folds); a pair with a negative margin is "
-        "relabelled (chosen and rejected swapped) and DPO is retrained on the relabelled pairs.",
+        "rate. `fitted on clean labels`: the auditor's class fitted on the pairs' true labels (how well it can fit "
+        "the reward). Margins are out-of-fold (2 folds); a pair with a negative margin is relabelled (chosen and "
+        "rejected swapped) and DPO is retrained on the relabelled pairs; `bag of tokens, confident` also leaves out "
+        "the ε̂·N pairs with the smallest |margin|.",
     ]
-    for task, rate in sorted({(c["task"], c["flip_rate"]) for c in cells}):
+    order = list(study.TASKS)  # first, second, third, fourth; the quick run's task after them
+    for task, rate in sorted({(c["task"], c["flip_rate"]) for c in cells},
+                             key=lambda k: (order.index(k[0]) if k[0] in order else len(order), k[1])):
         group = [c for c in cells if c["task"] == task and c["flip_rate"] == rate]
         base = [c["dpo"]["stopped"] for c in group]
         lines += ["", f"## {rate:.0%} symmetric flips, task `{task}` ({len(group)} seed{'s' * (len(group) > 1)})", "",

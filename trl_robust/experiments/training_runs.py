@@ -22,9 +22,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-# ROPO's filter in the benchmark: ρ = 0.2 whatever the true flip rate (a user does not know it; not tuned), starting
-# after `Setting.filter_warmup_epochs`, when DPO's clean accuracy has peaked on this task and the model agrees with
-# the clean majority.
+# ROPO's filter in the benchmark: ρ = 0.2 whatever the true flip rate (a user does not know it; not tuned), from
+# `Setting.filter_warmup_epochs` on, when DPO's clean accuracy has peaked and the model agrees with the clean majority.
 FILTER = {"ropo_filter_ratio": 0.2}
 
 # Methods compared: display name -> (loss_type, uses the true flip rate as label_smoothing, other config fields)
@@ -92,13 +91,11 @@ class Setting:
         return f"{self.reward}-{self.n_train}-{self.n_validation}-{self.n_test}-{self.n_reward_prompts}"
 
 
-# A second task that differs in what matters to the defaults: graded word scores (many near-tied pairs), twice the
-# pairs, half the batch, lr 3x lower, half the epochs (twice the steps per epoch, the same pairs seen in all).
+# A second: graded word scores (many near-tied pairs), twice the pairs, half the batch, lr 3x lower, half the epochs.
 SECOND_TASK = Setting(n_train=2000, epochs=10, learning_rate=3e-3, batch_size=32, reward="graded")
 # A third at the easy end (issue 20, item 5): summed ±1 word scores, 4000 pairs; DPO reaches ~99% on clean labels.
 THIRD_TASK = Setting(n_train=4000, epochs=10, learning_rate=3e-3, reward="sum")
-# A fourth, the third's sizes with a reward that depends on the prompt (`stance`): half of it is invisible to a model
-# of the response's words alone, where the third task's reward is exactly such a model (issue 20's linear auditors).
+# A fourth: the third's sizes, half the reward signed by the prompt (`stance`): unseen by a bag of response words.
 FOURTH_TASK = Setting(n_train=4000, epochs=10, learning_rate=3e-3, reward="stance")
 
 
