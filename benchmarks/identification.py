@@ -407,6 +407,7 @@ def mean_std_text(values, scale=1.0, digits=3) -> str:
 
 
 def report(cells: list[dict], command: str, minutes: float | None, setting=SETTING) -> str:
+    ms = mean_std_text
     cells_by = sorted({(c.get("task", "first"), c["flip_rate"]) for c in cells})
     seeds = sorted({c["seed"] for c in cells}) or [None]
     lines = [
@@ -432,11 +433,11 @@ def report(cells: list[dict], command: str, minutes: float | None, setting=SETTI
                   ""]
         dpo_stop = [c["dpo"]["stopped"] for c in group]
         lines += [
-            f"DPO early-stopped: {mean_std_text(dpo_stop, 100, 1)} clean accuracy (stop epoch "
-            f"{mean_std_text([c['dpo']['stop_epoch'] for c in group], 1, 1)}); last epoch {mean_std_text([c['dpo']['last'] for c in group], 100, 1)}; "
+            f"DPO early-stopped: {ms(dpo_stop, 100, 1)} clean accuracy (stop epoch "
+            f"{ms([c['dpo']['stop_epoch'] for c in group], 1, 1)}); last epoch {ms([c['dpo']['last'] for c in group], 100, 1)}; "
             f"clean auditor stopped "
-            f"{mean_std_text([c['auditor']['stopped'] for c in group], 100, 1)}."
-            + (f" Bound on precision: {mean_std_text([c['bound'] for c in group])}." if rate else ""),
+            f"{ms([c['auditor']['stopped'] for c in group], 100, 1)}."
+            + (f" Bound on precision: {ms([c['bound'] for c in group])}." if rate else ""),
             "",
             "| signal | AUROC | ε̂ | precision at ε̂·N | precision at ε·N | cost | retrained DPO, stopped | − DPO stopped | "
             "retrained, last | − DPO stopped |",
@@ -444,15 +445,15 @@ def report(cells: list[dict], command: str, minutes: float | None, setting=SETTI
         ]
         for name in SIGNALS:
             s = [c["signals"][name] for c in group]
-            row = [name, mean_std_text([x["auroc"] for x in s]), mean_std_text([x["estimated_flip_rate"] for x in s]),
-                   mean_std_text([x["precision_at_estimate"] for x in s]), mean_std_text([x["precision_at_truth"] for x in s]),
-                   mean_std_text([x["seconds"] / c["dpo_seconds"] for x, c in zip(s, group)], 1, 1)]
+            row = [name, ms([x["auroc"] for x in s]), ms([x["estimated_flip_rate"] for x in s]),
+                   ms([x["precision_at_estimate"] for x in s]), ms([x["precision_at_truth"] for x in s]),
+                   ms([x["seconds"] / c["dpo_seconds"] for x, c in zip(s, group)], 1, 1)]
             if name in RETRAINED:
                 r = [c["retrains"][name] for c in group]
-                row += [mean_std_text([x["stopped"] for x in r], 100, 1),
-                        mean_std_text([x["stopped"] - d for x, d in zip(r, dpo_stop)], 100, 1),
-                        mean_std_text([x["last"] for x in r], 100, 1),
-                        mean_std_text([x["last"] - d for x, d in zip(r, dpo_stop)], 100, 1)]
+                row += [ms([x["stopped"] for x in r], 100, 1),
+                        ms([x["stopped"] - d for x, d in zip(r, dpo_stop)], 100, 1),
+                        ms([x["last"] for x in r], 100, 1),
+                        ms([x["last"] - d for x, d in zip(r, dpo_stop)], 100, 1)]
             else:
                 row += ["", "", "", ""]
             lines.append("| " + " | ".join(row) + " |")
@@ -462,10 +463,10 @@ def report(cells: list[dict], command: str, minutes: float | None, setting=SETTI
         for name in TRAINED:
             runs = [c["trained"][name] for c in group if name in c.get("trained", {})]
             base = [c["dpo"]["stopped"] for c in group if name in c.get("trained", {})]
-            lines.append(f"| {name} | {mean_std_text([r['last'] for r in runs], 100, 1)} | "
-                         f"{mean_std_text([r['last'] - b for r, b in zip(runs, base)], 100, 1)} | "
-                         f"{mean_std_text([r['stopped'] for r in runs], 100, 1)} | "
-                         f"{mean_std_text([r['stopped'] - b for r, b in zip(runs, base)], 100, 1)} |")
+            lines.append(f"| {name} | {ms([r['last'] for r in runs], 100, 1)} | "
+                         f"{ms([r['last'] - b for r, b in zip(runs, base)], 100, 1)} | "
+                         f"{ms([r['stopped'] for r in runs], 100, 1)} | "
+                         f"{ms([r['stopped'] - b for r, b in zip(runs, base)], 100, 1)} |")
         cannot = {n: sum(c["signals"][n]["cannot_tell"] for c in group) for n in SIGNALS if n != "oracle"}
         told = ", ".join(f"{n} {k}" for n, k in cannot.items() if k)
         if told:
@@ -476,6 +477,7 @@ def report(cells: list[dict], command: str, minutes: float | None, setting=SETTI
 def stopping_report(records: list[dict]) -> str:
     """Clean accuracy at the epoch each stopping rule picks (`rule_epochs`), per flip rate, from every run with curves
     (the full cells' DPO and ROPO runs, and `--dpo_only` runs)."""
+    ms = mean_std_text
     lines = ["## Stopping without a clean split", "",
              "Clean accuracy at the epoch each rule picks, and its paired difference against the same run's "
              "noisy-validation pick (`load_best_model_at_end` on `eval_rewards/accuracies`); `epoch`: mean epoch "
@@ -491,8 +493,8 @@ def stopping_report(records: list[dict]) -> str:
                 accuracy = [c["clean_accuracy"][p[rule]] for c, p in picks]
                 base = [c["clean_accuracy"][p["noisy validation"]] for c, p in picks]
                 lines.append(f"| {task} | {rate:.0%} | {run.upper()} | {len(picks)} | {rule} | "
-                             f"{mean_std_text([p[rule] + 1 for _, p in picks], 1, 1)} | {mean_std_text(accuracy, 100, 1)} | "
-                             f"{mean_std_text([a - b for a, b in zip(accuracy, base)], 100, 1)} |")
+                             f"{ms([p[rule] + 1 for _, p in picks], 1, 1)} | {ms(accuracy, 100, 1)} | "
+                             f"{ms([a - b for a, b in zip(accuracy, base)], 100, 1)} |")
     return "\n".join(lines) + "\n"
 
 
